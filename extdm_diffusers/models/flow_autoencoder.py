@@ -1,0 +1,258 @@
+"""FlowAutoencoder: ExtDM's motion autoencoder (LFAE, after MRAA/LFDM) as a diffusers model.
+
+Every frame is represented as a warp of a reference frame: a flow grid (x, y in [-1, 1]) and an
+occlusion map, both at the pixel-wise flow predictor's resolution. ``encode`` computes that motion for
+all frames of a clip in one batched call, ``decode`` turns motion back into frames.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput, logging
+
+from .background_motion_predictor import BackgroundMotionPredictor
+from .frame_generator import FrameGenerator
+from .pixelwise_flow_predictor import PixelwiseFlowPredictor
+from .region_predictor import RegionParams, RegionPredictor
+
+logger = logging.get_logger(__name__)
+
+# The original SMMNIST/BAIR/KTH configuration (config/AE/*.yaml, flow_params.model_params).
+DEFAULT_BG_PREDICTOR_PARAMS = {"block_expansion": 32, "max_features": 1024, "num_blocks": 5, "bg_type": "affine"}
+DEFAULT_REGION_PREDICTOR_PARAMS = {
+    "temperature": 0.1,
+    "block_expansion": 32,
+    "max_features": 1024,
+    "scale_factor": 0.5,
+    "num_blocks": 5,
+    "pca_based": True,
+    "pad": 0,
+    "fast_svd": False,
+}
+DEFAULT_GENERATOR_PARAMS = {
+    "block_expansion": 64,
+    "max_features": 512,
+    "num_down_blocks": 2,
+    "num_bottleneck_blocks": 6,
+    "skips": True,
+    "pixelwise_flow_predictor_params": {
+        "block_expansion": 64,
+        "max_features": 1024,
+        "num_blocks": 5,
+        "scale_factor": 0.5,
+        "use_deformed_source": True,
+        "use_covar_heatmap": True,
+        "estimate_occlusion_map": True,
+    },
+}
+
+
+@dataclass
+class FlowAutoencoderOutput(BaseOutput):
+    """Reconstruction of ``driving`` from ``source``.
+
+    prediction: (B, C, H, W) generated frame. deformed: (B, C, H, W) source warped by the flow alone.
+    optical_flow: (B, 2, h, w) sampling grid (x, y in [-1, 1]). occlusion_map: (B, 1, h, w) in [0, 1] or None.
+    features: (B, F, h', w') bottleneck features of the source. source_region_params / driving_region_params:
+    ``RegionParams``. background_params: (B, 3, 3) background transform.
+    """
+
+    prediction: torch.Tensor = None
+    deformed: torch.Tensor = None
+    optical_flow: torch.Tensor = None
+    occlusion_map: Optional[torch.Tensor] = None
+    features: torch.Tensor = None
+    source_region_params: RegionParams = None
+    driving_region_params: RegionParams = None
+    background_params: torch.Tensor = None
+
+
+@dataclass
+class FlowAutoencoderEncoderOutput(BaseOutput):
+    """Motion of every frame relative to the reference.
+
+    optical_flow: (B, T, 2, h, w). occlusion_map: (B, T, 1, h, w) or None. features: (B, T, F, h', w')
+    bottleneck features of each frame.
+    """
+
+    optical_flow: torch.Tensor = None
+    occlusion_map: Optional[torch.Tensor] = None
+    features: torch.Tensor = None
+
+
+@dataclass
+class FlowAutoencoderDecoderOutput(BaseOutput):
+    """sample: frames in [0, 1], (B, C, H, W) or (B, T, C, H, W) like the motion given. deformed: the source
+    warped by the flow alone, same shape."""
+
+    sample: torch.Tensor = None
+    deformed: torch.Tensor = None
+
+
+def _merged(defaults: Dict[str, Any], given: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    merged = copy.deepcopy(defaults)
+    for key, value in (given or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class FlowAutoencoder(ModelMixin, ConfigMixin):
+    """The motion autoencoder. Config fields mirror the original YAML's ``flow_params.model_params``:
+    nested ``*_params`` dicts are merged over the defaults above, so a partial dict is enough."""
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        num_regions: int = 10,
+        num_channels: int = 3,
+        estimate_affine: bool = True,
+        revert_axis_swap: bool = True,
+        bg_predictor_params: Optional[Dict[str, Any]] = None,
+        region_predictor_params: Optional[Dict[str, Any]] = None,
+        generator_params: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__()
+        bg_params = _merged(DEFAULT_BG_PREDICTOR_PARAMS, bg_predictor_params)
+        region_params = _merged(DEFAULT_REGION_PREDICTOR_PARAMS, region_predictor_params)
+        generator_params = _merged(DEFAULT_GENERATOR_PARAMS, generator_params)
+        flow_params = generator_params.pop("pixelwise_flow_predictor_params")
+        if region_params.pop("fast_svd", False):
+            logger.info("`fast_svd` is ignored: the batched 2x2 SVD runs with torch.linalg.svd, which computes the same.")
+
+        self.region_predictor = RegionPredictor(
+            num_regions=num_regions, num_channels=num_channels, estimate_affine=estimate_affine, **region_params
+        )
+        self.bg_predictor = BackgroundMotionPredictor(num_channels=num_channels, **bg_params)
+        self.generator = FrameGenerator(num_channels=num_channels, **generator_params)
+        self.pixelwise_flow_predictor = PixelwiseFlowPredictor(
+            num_regions=num_regions, num_channels=num_channels, revert_axis_swap=revert_axis_swap, **flow_params
+        )
+        self.motion_scale_factor = float(flow_params.get("scale_factor", 1.0))
+        self.feature_scale_factor = 1.0 / 2 ** generator_params["num_down_blocks"]
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the bottleneck features (``features`` of ``encode``)."""
+        return self.generator.feature_channels
+
+    @property
+    def estimates_occlusion(self) -> bool:
+        return self.pixelwise_flow_predictor.occlusion is not None
+
+    # -- input checks --------------------------------------------------------------------------------------
+    def _check_image(self, name: str, image: torch.Tensor, ndim: int) -> None:
+        layout = "(B, C, H, W)" if ndim == 4 else "(B, T, C, H, W)"
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(image).__name__}")
+        c = self.config.num_channels
+        if image.ndim != ndim or image.shape[-3] != c:
+            raise ValueError(f"`{name}` must have shape {layout} with C={c}, got {tuple(image.shape)}")
+
+    @staticmethod
+    def _check_same(what: str, **tensors: torch.Tensor) -> None:
+        index = {"batch size": 0, "frame size": slice(-2, None)}[what]
+        values = {name: tuple(t.shape[index]) if isinstance(index, slice) else t.shape[index] for name, t in tensors.items()}
+        if len(set(values.values())) > 1:
+            raise ValueError(f"{what} of {', '.join(f'`{n}`' for n in values)} must match, got {values}")
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def forward(self, source: torch.Tensor, driving: torch.Tensor, return_dict: bool = True):
+        """Reconstruct ``driving`` (B, C, H, W) as a warp of ``source`` (B, C, H, W), images in [0, 1]."""
+        self._check_image("source", source, 4)
+        self._check_image("driving", driving, 4)
+        self._check_same("batch size", source=source, driving=driving)
+        self._check_same("frame size", source=source, driving=driving)
+
+        source_regions = self.region_predictor(source)
+        driving_regions = self.region_predictor(driving)
+        background = self.bg_predictor(source, driving)
+        motion = self.pixelwise_flow_predictor(source, driving_regions, source_regions, background)
+        flow_grid, occlusion = motion["optical_flow"], motion.get("occlusion_map")
+        source_features = self.generator.encode(source)
+        prediction, deformed = self.generator.decode(source, source_features, flow_grid, occlusion)
+        output = FlowAutoencoderOutput(
+            prediction=prediction,
+            deformed=deformed,
+            optical_flow=flow_grid.permute(0, 3, 1, 2),
+            occlusion_map=occlusion,
+            features=source_features[-1],
+            source_region_params=source_regions,
+            driving_region_params=driving_regions,
+            background_params=background,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def encode(self, frames: torch.Tensor, reference: torch.Tensor, return_dict: bool = True):
+        """Motion of every frame of ``frames`` (B, T, C, H, W) relative to ``reference`` (B, C, H, W), and the
+        bottleneck features of every frame: all frames go through the networks as one batch."""
+        self._check_image("frames", frames, 5)
+        self._check_image("reference", reference, 4)
+        self._check_same("batch size", frames=frames, reference=reference)
+        self._check_same("frame size", frames=frames, reference=reference)
+        b, t = frames.shape[:2]
+        flat = frames.reshape(b * t, *frames.shape[2:])
+
+        source_regions = self.region_predictor(reference).repeat_interleave(t)
+        driving_regions = self.region_predictor(flat)
+        background = self.bg_predictor(reference.repeat_interleave(t, dim=0), flat)
+        motion = self.pixelwise_flow_predictor(reference, driving_regions, source_regions, background, source_repeats=t)
+        flow = motion["optical_flow"].permute(0, 3, 1, 2)
+        occlusion = motion.get("occlusion_map")
+        features = self.generator.encode(flat)[-1]
+        output = FlowAutoencoderEncoderOutput(
+            optical_flow=flow.reshape(b, t, *flow.shape[1:]),
+            occlusion_map=None if occlusion is None else occlusion.reshape(b, t, *occlusion.shape[1:]),
+            features=features.reshape(b, t, *features.shape[1:]),
+        )
+        return output if return_dict else output.to_tuple()
+
+    def decode(
+        self,
+        source: torch.Tensor,
+        optical_flow: torch.Tensor,
+        occlusion_map: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        """Frames from motion: ``source`` (B, C, H, W) warped by ``optical_flow`` (B, 2, h, w) or (B, T, 2, h, w),
+        blended with ``occlusion_map`` (B, [T,] 1, h, w) in [0, 1]. The source is encoded once for all T frames
+        (the original ``forward_with_flow``, batched)."""
+        self._check_image("source", source, 4)
+        if not isinstance(optical_flow, torch.Tensor) or optical_flow.ndim not in (4, 5) or optical_flow.shape[-3] != 2:
+            shape = tuple(optical_flow.shape) if isinstance(optical_flow, torch.Tensor) else type(optical_flow).__name__
+            raise ValueError(f"`optical_flow` must have shape (B, 2, h, w) or (B, T, 2, h, w), got {shape}")
+        per_frame = optical_flow.ndim == 5
+        if occlusion_map is not None and (
+            occlusion_map.ndim != optical_flow.ndim
+            or occlusion_map.shape[-3] != 1
+            or occlusion_map.shape[:-3] != optical_flow.shape[:-3]
+            or occlusion_map.shape[-2:] != optical_flow.shape[-2:]
+        ):
+            raise ValueError(
+                f"`occlusion_map` must have shape {tuple(optical_flow.shape[:-3]) + (1,) + tuple(optical_flow.shape[-2:])} "
+                f"to match `optical_flow`, got {tuple(occlusion_map.shape)}"
+            )
+        if occlusion_map is None and self.estimates_occlusion:
+            raise ValueError("`occlusion_map` is required: this autoencoder was trained with occlusion maps")
+        self._check_same("batch size", source=source, optical_flow=optical_flow)
+
+        t = optical_flow.shape[1] if per_frame else 1
+        flow = optical_flow.reshape(-1, *optical_flow.shape[-3:]).permute(0, 2, 3, 1)
+        occlusion = None if occlusion_map is None else occlusion_map.reshape(-1, *occlusion_map.shape[-3:])
+        features = [f.repeat_interleave(t, dim=0) for f in self.generator.encode(source)]
+        sample, deformed = self.generator.decode(source.repeat_interleave(t, dim=0), features, flow, occlusion)
+        if per_frame:
+            sample = sample.reshape(source.shape[0], t, *sample.shape[1:])
+            deformed = deformed.reshape(source.shape[0], t, *deformed.shape[1:])
+        output = FlowAutoencoderDecoderOutput(sample=sample, deformed=deformed)
+        return output if return_dict else output.to_tuple()
