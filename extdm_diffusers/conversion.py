@@ -20,6 +20,11 @@ class CheckpointConversionError(ValueError):
     """An original checkpoint does not fit the model it is converted to."""
 
 
+def _listing(keys: List[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}]"
+
+
 def _load_strict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
     expected = model.state_dict()
     unknown = sorted(set(state_dict) - set(expected))
@@ -31,11 +36,11 @@ def _load_strict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], wh
     )
     problems = []
     if unknown:
-        problems.append(f"unknown keys {unknown}")
+        problems.append(f"unknown keys {_listing(unknown)}")
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {_listing(missing)}")
     if mis_shaped:
-        problems.append(f"mis-shaped keys {mis_shaped}")
+        problems.append(f"mis-shaped keys {_listing(mis_shaped)}")
     if problems:
         raise CheckpointConversionError(f"{what}: " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)
@@ -54,7 +59,7 @@ def _rename(state_dict: StateDict, rules: Iterable[Tuple[str, str]], source: str
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointConversionError(f"{source}: unknown keys {sorted(unknown)}")
+        raise CheckpointConversionError(f"{source}: unknown keys {_listing(sorted(unknown))}")
     return renamed
 
 
@@ -86,4 +91,240 @@ def flow_autoencoder_from_original(checkpoint: Mapping[str, StateDict], flow_par
     ``flow_params.model_params``."""
     model = FlowAutoencoder(**dict(flow_params))
     _load_strict(model, flow_autoencoder_state_dict_from_original(checkpoint), "autoencoder checkpoint")
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Denoiser (Unet3D)
+# ------------------------------------------------------------------------------------------------------------
+_WO_REF = "DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi"
+_TRAJ_U12 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_u12"
+_TRAJ_U22 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_u22"
+_TRAJ_ADA = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada"
+_TRAJ_ADA_U22 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada_u22"
+
+#: ``ExtDMUNet3DModel`` config that reproduces each original denoiser module, and the original's own
+#: constructor defaults that differ between the files.
+ARCHITECTURE_PRESETS: Dict[str, dict] = {
+    _WO_REF: dict(
+        config=dict(include_reference_motion=False, condition_feature_mode="none"),
+        defaults=dict(window_size=(2, 4, 4), attn_dim_head=32),
+        motion_embedding=False,
+        unused=(),
+    ),
+    _TRAJ_U12: dict(
+        config=dict(include_reference_motion=True, condition_feature_mode="trajectory_attention"),
+        defaults=dict(window_size=(2, 4, 4), attn_dim_head=32),
+        motion_embedding=True,
+        unused=("init_adaptor.",),  # built but never called by the original forward
+    ),
+    _TRAJ_ADA: dict(
+        config=dict(include_reference_motion=True, condition_feature_mode="adaptor"),
+        defaults=dict(window_size=(4, 4, 4), attn_dim_head=16),
+        motion_embedding=True,
+        unused=(),
+    ),
+    _TRAJ_ADA_U22: dict(
+        config=dict(
+            include_reference_motion=True,
+            condition_feature_mode="adaptor",
+            block_layout="grouped",
+            block_temporal_attention=True,
+            adaptor_kernel_size=(3, 3, 3),
+            adaptor_zero_init=False,
+            all_down_adaptors=True,
+        ),
+        defaults=dict(window_size=(4, 4, 4), attn_dim_head=32),
+        motion_embedding=False,
+        unused=("init_noise_conv.",),  # built but never called by the original forward
+    ),
+}
+ARCHITECTURE_PRESETS[_TRAJ_U22] = ARCHITECTURE_PRESETS[_TRAJ_U12]  # the two files are identical
+
+#: The feature width the original ``traj`` denoisers hard-code (adaptor, trajectory attention, noise embedding).
+ORIGINAL_FEATURE_CHANNELS = 256
+
+_ORIGINAL_UNET_ARGS = {
+    "dim", "cond_dim", "out_grid_dim", "out_conf_dim", "window_size", "dim_mults", "channels", "cond_channels",
+    "attn_heads", "attn_dim_head", "use_bert_text_cond", "init_dim", "init_kernel_size", "resnet_groups",
+    "use_final_activation", "learn_null_cond", "use_deconv", "padding_mode", "cond_num", "pred_num", "framesize", "l",
+}
+
+
+def unet_config_from_original(architecture: str, **unet_kwargs) -> dict:
+    """``ExtDMUNet3DModel`` config for an original denoiser module name and ``Unet3D`` constructor arguments."""
+    if architecture not in ARCHITECTURE_PRESETS:
+        raise ValueError(f"`architecture` must be one of {sorted(ARCHITECTURE_PRESETS)}, got {architecture!r}")
+    unknown = sorted(set(unet_kwargs) - _ORIGINAL_UNET_ARGS)
+    if unknown:
+        raise ValueError(f"unknown original Unet3D arguments {unknown}")
+    if "l" in unet_kwargs and architecture != _TRAJ_ADA:
+        raise ValueError(f"the original {architecture} takes no `l` (adaptor layers) argument")
+    preset = ARCHITECTURE_PRESETS[architecture]
+    args = dict(dim_mults=(1, 2, 4), channels=3, attn_heads=8, init_kernel_size=7, resnet_groups=8, use_deconv=True,
+                padding_mode="zeros", cond_num=0, pred_num=0, out_grid_dim=2, out_conf_dim=1)
+    args.update(preset["defaults"])
+    args.update(unet_kwargs)
+    if "dim" not in args:
+        raise ValueError("the original Unet3D argument `dim` is required")
+    if args.get("cond_dim") is not None or args.get("use_bert_text_cond"):
+        raise ValueError("text/class conditioning of the original Unet3D (`cond_dim`, `use_bert_text_cond`) is not "
+                         "supported: no released ExtDM model uses it")
+    if (args["out_grid_dim"], args["out_conf_dim"]) != (2, 1):
+        raise ValueError("ExtDM denoisers predict 2 flow and 1 occlusion channels (`out_grid_dim=2`, `out_conf_dim=1`)")
+    # `use_final_activation`, `framesize`, `cond_channels` and `learn_null_cond` (without a condition) change
+    # nothing the original forward computes.
+    motion_width = ORIGINAL_FEATURE_CHANNELS if preset["motion_embedding"] else 3
+    feature_channels = args["channels"] - motion_width
+    if feature_channels <= 0 or (preset["config"]["condition_feature_mode"] != "none" and feature_channels != ORIGINAL_FEATURE_CHANNELS):
+        expected = f"{motion_width} + {ORIGINAL_FEATURE_CHANNELS}" if preset["config"]["condition_feature_mode"] != "none" else f"{motion_width} + feature channels"
+        raise ValueError(f"`channels` of {architecture} must be {expected}, got {args['channels']}")
+
+    config = {k: v for k, v in preset["config"].items() if k != "all_down_adaptors"}
+    num_levels = len(args["dim_mults"])
+    if preset["config"].get("all_down_adaptors"):
+        config["down_block_adaptors"] = (True,) * num_levels
+    config.update(
+        num_cond_frames=args["cond_num"],
+        num_pred_frames=args["pred_num"],
+        cond_feature_channels=feature_channels,
+        base_channels=args["dim"],
+        channel_mults=tuple(args["dim_mults"]),
+        init_channels=args.get("init_dim"),
+        init_kernel_size=args["init_kernel_size"],
+        resnet_groups=args["resnet_groups"],
+        attention_heads=args["attn_heads"],
+        attention_head_dim=args["attn_dim_head"],
+        window_size=tuple(args["window_size"]),
+        motion_embedding_channels=ORIGINAL_FEATURE_CHANNELS if preset["motion_embedding"] else None,
+        adaptor_layers=args.get("l") or None,
+        use_deconv=args["use_deconv"],
+        padding_mode=args["padding_mode"],
+    )
+    return config
+
+
+_RESNET_RULES = [
+    (r"mlp\.1\.(weight|bias)", r"time_emb_proj.\1"),
+    (r"block1\.proj\.(weight|bias)", r"conv1.\1"),
+    (r"block1\.norm\.(weight|bias)", r"norm1.\1"),
+    (r"block2\.proj\.(weight|bias)", r"conv2.\1"),
+    (r"block2\.norm\.(weight|bias)", r"norm2.\1"),
+    (r"res_conv\.(weight|bias)", r"conv_shortcut.\1"),
+]
+_WINDOW_ATTENTION_RULES = [
+    (r"fn\.norm\.gamma", "norm.weight"),
+    (r"fn\.fn\.attn\.qkv\.weight", "to_qkv.weight"),
+    (r"fn\.fn\.attn\.proj\.(weight|bias)", r"to_out.\1"),
+    (r"fn\.fn\.attn\.relative_position_bias_table", "relative_position_bias_table"),
+    (r"fn\.fn\.attn\.relative_position_index", None),  # recomputed from the window size
+    (r"fn\.fn\.attn\.rotary_emb\.freqs", "<rotary>"),
+]
+_TEMPORAL_ATTENTION_RULES = [
+    (r"fn\.norm\.gamma", "channel_norm.weight"),
+    (r"fn\.fn\.fn\.norm\.(weight|bias)", r"layer_norm.\1"),
+    (r"fn\.fn\.fn\.attn\.to_qkv\.weight", "to_qkv.weight"),
+    (r"fn\.fn\.fn\.attn\.to_out\.weight", "to_out.weight"),
+    (r"fn\.fn\.fn\.attn\.rotary_emb\.freqs", "<rotary>"),
+]
+_ADAPTOR_RULES = [
+    (r"adaptors\.predictor\.fn\.norm\.gamma", "extrapolator.predictor_norm.weight"),
+    (r"adaptors\.predictor\.fn\.fn\.(weight|bias)", r"extrapolator.predictor.\1"),
+    (r"adaptors\.extrapolators\.(\d+)\.fn\.weight", r"extrapolator.extrapolators.\1.weight"),
+    (r"Tmodulator\.(weight|bias)", r"temporal_modulator.\1"),
+    (r"fuser\.norm\.gamma", "fuser_norm.weight"),
+    (r"fuser\.fn\.(weight|bias)", r"fuser.\1"),
+]
+_HEAD_RULES = [(r"0\." + p, "resnet." + r) for p, r in _RESNET_RULES] + [(r"1\.(weight|bias)", r"conv.\1")]
+
+
+def _scoped(original_prefix: str, new_prefix: str, rules) -> List[Tuple[str, Optional[str]]]:
+    """Rules of a component, prefixed; the component's group references shift past the prefix's groups."""
+    offset = re.compile(original_prefix).groups
+    scoped = []
+    for pattern, replacement in rules:
+        if replacement is None or replacement == "<rotary>":
+            scoped.append((original_prefix + pattern, replacement))
+        else:
+            shifted = re.sub(r"\\(\d)", lambda m: "\\" + str(int(m.group(1)) + offset), replacement)
+            scoped.append((original_prefix + pattern, new_prefix + shifted))
+    return scoped
+
+
+def _unet_rename_rules(config: dict, architecture: str) -> List[Tuple[str, Optional[str]]]:
+    grouped = config.get("block_layout") == "grouped"
+    block_parts = [(r"0\.", "resnet1.", _RESNET_RULES), (r"1\.", "window_attention1.", _WINDOW_ATTENTION_RULES),
+                   (r"2\.", "resnet2.", _RESNET_RULES), (r"3\.", "window_attention2.", _WINDOW_ATTENTION_RULES),
+                   (r"4\.", "adaptor.", _ADAPTOR_RULES)]
+    if grouped:
+        block_parts.append((r"5\.", "temporal_attention.", _TEMPORAL_ATTENTION_RULES))
+    sampler_index = "6" if grouped else "5"
+    rules: List[Tuple[str, Optional[str]]] = []
+    for original, ours in (("downs", "down_blocks"), ("ups", "up_blocks")):
+        for index, prefix, part_rules in block_parts:
+            rules += _scoped(rf"{original}\.(\d+)\.{index}", ours + r".\1." + prefix, part_rules)
+        sampler = "downsamplers" if original == "downs" else "upsamplers"
+        rules.append((rf"{original}\.(\d+)\.{sampler_index}\.(?:1\.)?(weight|bias)", sampler + r".\1.conv.\2"))
+    for original, ours, part_rules in (
+        ("mid_block1", "mid_block.resnet1", _RESNET_RULES), ("mid_attn1", "mid_block.window_attention1", _WINDOW_ATTENTION_RULES),
+        ("mid_block2", "mid_block.resnet2", _RESNET_RULES), ("mid_attn2", "mid_block.window_attention2", _WINDOW_ATTENTION_RULES),
+        ("mid_adaptor", "mid_block.adaptor", _ADAPTOR_RULES),
+        ("init_temporal_attn", "temporal_attention_in", _TEMPORAL_ATTENTION_RULES),
+        ("cond_temporal_attn", "condition_temporal_attention", _TEMPORAL_ATTENTION_RULES),
+        ("cond_adaptor", "condition_adaptor", _ADAPTOR_RULES),
+        ("final_conv", "flow_out", _HEAD_RULES), ("occlusion_map", "occlusion_out", _HEAD_RULES),
+    ):
+        rules += _scoped(original + r"\.", ours + ".", part_rules)
+    rules += [
+        (r"init_conv\.(weight|bias)", r"conv_in.\1"),
+        (r"time_mlp\.1\.(weight|bias)", r"time_embedding.linear_1.\1"),
+        (r"time_mlp\.3\.(weight|bias)", r"time_embedding.linear_2.\1"),
+        (r"time_rel_pos_bias\.relative_attention_bias\.weight", "time_position_bias.embedding.weight"),
+        (r"init_traj\.cross_att\.linear_([qkv])\.(weight|bias)", r"trajectory_attention.to_\1.\2"),
+        (r"init_traj\.cross_att\.linear_o\.(weight|bias)", r"trajectory_attention.to_out.\1"),
+        (r"init_traj\.fuser\.(weight|bias)", r"trajectory_attention.fuser.\1"),
+    ]
+    unused = ARCHITECTURE_PRESETS[architecture]["unused"]
+    rules = [(re.escape(prefix) + ".*", None) for prefix in unused] + rules
+    if config.get("motion_embedding_channels") is not None:
+        rules.append((r"init_noise_conv\.(weight|bias)", r"motion_embedding.\1"))
+    return rules
+
+
+def unet_state_dict_from_original(state_dict: StateDict, architecture: str, config: dict, rotary_dim: int) -> Dict[str, torch.Tensor]:
+    rules = _unet_rename_rules(config, architecture)
+    renamed = _rename(state_dict, rules, f"{architecture} state dict")
+    expected_freqs = 1.0 / 10000 ** (torch.arange(0, rotary_dim, 2)[: rotary_dim // 2].float() / rotary_dim)
+    converted = {}
+    for key, value in renamed.items():
+        if key.endswith("<rotary>"):
+            continue
+        converted[key] = value
+    # The rotary frequencies are fixed, not learned: check them instead of loading them.
+    for key, value in state_dict.items():
+        if key.endswith("rotary_emb.freqs") and (value.shape != expected_freqs.shape or not torch.allclose(value.float(), expected_freqs, rtol=1e-5)):
+            raise CheckpointConversionError(
+                f"{key}: rotary frequencies {value.tolist()} differ from 1/10000^(2i/{rotary_dim}); this checkpoint "
+                "used another rotary embedding setting"
+            )
+    # Channel layer norms store their scale as (1, C, 1, 1, 1) in the original.
+    originals_with_gamma = {k for k in state_dict if k.endswith(".gamma")}
+    for original_key in originals_with_gamma:
+        for pattern, replacement in rules:
+            if replacement is not None and replacement != "<rotary>" and re.fullmatch(pattern, original_key):
+                new_key = re.sub(pattern, replacement, original_key)
+                converted[new_key] = converted[new_key].reshape(-1)
+                break
+    return converted
+
+
+def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) -> "ExtDMUNet3DModel":
+    """An ``ExtDMUNet3DModel`` from an original ``Unet3D`` state dict, the original module name (one of
+    ``ARCHITECTURE_PRESETS``) and the original ``Unet3D`` constructor arguments."""
+    from .models.unet_3d_extdm import ExtDMUNet3DModel
+
+    config = unet_config_from_original(architecture, **unet_kwargs)
+    model = ExtDMUNet3DModel(**config)
+    converted = unet_state_dict_from_original(state_dict, architecture, config, model.rotary_emb.dim)
+    _load_strict(model, converted, f"{architecture} state dict")
     return model.eval()

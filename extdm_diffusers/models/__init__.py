@@ -1,0 +1,18 @@
+from .flow_autoencoder import (
+    FlowAutoencoder,
+    FlowAutoencoderDecoderOutput,
+    FlowAutoencoderEncoderOutput,
+    FlowAutoencoderOutput,
+)
+from .region_predictor import RegionParams
+from .unet_3d_extdm import ExtDMUNet3DModel, ExtDMUNet3DOutput
+
+__all__ = [
+    "FlowAutoencoder",
+    "FlowAutoencoderOutput",
+    "FlowAutoencoderEncoderOutput",
+    "FlowAutoencoderDecoderOutput",
+    "RegionParams",
+    "ExtDMUNet3DModel",
+    "ExtDMUNet3DOutput",
+]

@@ -1,0 +1,325 @@
+"""ExtDMUNet3DModel: the ExtDM motion denoiser, one configurable class for all released variants.
+
+It predicts the noise in the future motion (B, 3, P, h, w: flow x, y and occlusion in [-1, 1]) given the
+observed motion and the autoencoder's bottleneck features. The original ships one file per variant; here
+the differences are config fields (see ``ARCHITECTURE_PRESETS`` in ``extdm_diffusers.conversion`` and
+``docs/models.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .distribution_adaptor import DistributionAdaptor
+from .space_time_window_attention import SpaceTimeWindowAttention
+from .temporal_attention import RelativePositionBias, TemporalAttention
+from .trajectory_attention import TrajectoryCrossAttention
+from .unet_blocks import Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D
+
+MOTION_CHANNELS = 3  # flow x, flow y, occlusion
+CONDITION_FEATURE_MODES = ("none", "trajectory_attention", "adaptor")
+BLOCK_LAYOUTS = ("interleaved", "grouped")
+
+
+@dataclass
+class ExtDMUNet3DOutput(BaseOutput):
+    """sample: (B, 3, P, h, w) predicted noise for flow x, y and occlusion of the P future frames."""
+
+    sample: torch.Tensor = None
+
+
+class ExtDMBlock3D(nn.Module):
+    """Two ResNet blocks, shifted then plain space-time window attention, an optional distribution adaptor
+    and an optional temporal attention.
+
+    ``layout="interleaved"``: resnet, attention, resnet, attention, adaptor, temporal attention.
+    ``layout="grouped"``: resnet, resnet, attention, attention, adaptor, temporal attention; in the middle
+    block: resnet, attention, attention, adaptor, resnet (the Cityscapes model).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        groups: int,
+        window_size: Tuple[int, int, int],
+        heads: int,
+        head_dim: int,
+        rotary_emb: RotaryEmbedding,
+        layout: str,
+        adaptor: Optional[DistributionAdaptor],
+        temporal_attention: bool,
+        is_middle: bool = False,
+    ):
+        super().__init__()
+        shift = tuple(w // 2 for w in window_size)
+        self.resnet1 = ResnetBlock3D(in_channels, out_channels, temb_channels, groups)
+        self.window_attention1 = SpaceTimeWindowAttention(out_channels, window_size, shift, heads, head_dim, rotary_emb)
+        self.resnet2 = ResnetBlock3D(out_channels, out_channels, temb_channels, groups)
+        self.window_attention2 = SpaceTimeWindowAttention(out_channels, window_size, (0, 0, 0), heads, head_dim, rotary_emb)
+        self.adaptor = adaptor
+        self.temporal_attention = TemporalAttention(out_channels, heads, head_dim, rotary_emb) if temporal_attention else None
+        self.layout = layout
+        self.is_middle = is_middle
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        if self.layout == "interleaved":
+            x = self.window_attention1(self.resnet1(x, temb))
+            x = self.window_attention2(self.resnet2(x, temb))
+        elif self.is_middle:
+            x = self.window_attention2(self.window_attention1(self.resnet1(x, temb)))
+        else:
+            x = self.resnet2(self.resnet1(x, temb), temb)
+            x = self.window_attention2(self.window_attention1(x))
+        if self.adaptor is not None:
+            x = self.adaptor(x)
+        if self.layout == "grouped" and self.is_middle:
+            x = self.resnet2(x, temb)
+        if self.temporal_attention is not None:
+            x = self.temporal_attention(x, position_bias)
+        return x
+
+
+class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
+    """The ExtDM denoiser.
+
+    Args:
+        num_cond_frames: observed frames whose motion conditions the model (``cond_num`` originally).
+        num_pred_frames: future frames denoised at once (``pred_num``).
+        cond_feature_channels: channels of the autoencoder bottleneck features (the original hard-codes 256).
+        base_channels, channel_mults: U-Net widths (``dim``, ``dim_mults``).
+        init_channels, init_kernel_size, resnet_groups: as ``init_dim``, ``init_kernel_size``, ``resnet_groups``.
+        attention_heads, attention_head_dim, window_size: window and temporal attention geometry.
+        include_reference_motion: condition on the motion of all observed frames, the reference (last) one
+            included (the ``w_ref`` models); otherwise the reference frame's motion, an identity warp, is dropped.
+        motion_embedding_channels: embed the motion with a (1, k, k) conv to this many channels before the
+            features join it (256 in the ``traj`` models); ``None`` concatenates the raw 3 channels.
+        condition_feature_mode: how the features are processed before they join the motion: ``"none"``,
+            ``"trajectory_attention"`` (cross-attention from the embedded noisy motion, BAIR) or ``"adaptor"``
+            (a distribution adaptor and a temporal attention, KTH and Cityscapes).
+        trajectory_attention_heads: heads of the trajectory cross-attention.
+        block_layout: ``"interleaved"`` or ``"grouped"`` (see ``ExtDMBlock3D``).
+        block_temporal_attention: a temporal attention at the end of every down and up block.
+        down_block_adaptors, up_block_adaptors: which down/up blocks (in execution order) end with a
+            distribution adaptor; ``None``: all but the first two. The middle block always has one.
+        adaptor_layers: extrapolation layers per adaptor; ``None``: enough to cover ``num_pred_frames``.
+        adaptor_kernel_size, adaptor_zero_init: the extrapolation convolutions.
+        use_deconv, padding_mode: upsampling by transposed conv, or nearest + conv with this padding.
+        rotary_dim: features rotated by the rotary embedding; ``None``: min(32, attention_head_dim).
+        time_bias_max_distance: largest distinguished time offset of the relative position bias.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        num_cond_frames: int = 2,
+        num_pred_frames: int = 5,
+        cond_feature_channels: int = 256,
+        base_channels: int = 64,
+        channel_mults: Sequence[int] = (1, 2, 4, 4),
+        init_channels: Optional[int] = None,
+        init_kernel_size: int = 7,
+        resnet_groups: int = 8,
+        attention_heads: int = 8,
+        attention_head_dim: int = 32,
+        window_size: Sequence[int] = (2, 4, 4),
+        include_reference_motion: bool = True,
+        motion_embedding_channels: Optional[int] = None,
+        condition_feature_mode: str = "none",
+        trajectory_attention_heads: int = 8,
+        block_layout: str = "interleaved",
+        block_temporal_attention: bool = False,
+        down_block_adaptors: Optional[Sequence[bool]] = None,
+        up_block_adaptors: Optional[Sequence[bool]] = None,
+        adaptor_layers: Optional[int] = None,
+        adaptor_kernel_size: Sequence[int] = (1, 3, 3),
+        adaptor_zero_init: bool = True,
+        use_deconv: bool = True,
+        padding_mode: str = "zeros",
+        rotary_dim: Optional[int] = None,
+        time_bias_max_distance: int = 32,
+    ):
+        super().__init__()
+        if condition_feature_mode not in CONDITION_FEATURE_MODES:
+            raise ValueError(f"`condition_feature_mode` must be one of {CONDITION_FEATURE_MODES}, got {condition_feature_mode!r}")
+        if block_layout not in BLOCK_LAYOUTS:
+            raise ValueError(f"`block_layout` must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
+        if condition_feature_mode == "trajectory_attention" and motion_embedding_channels != cond_feature_channels:
+            raise ValueError(
+                "`condition_feature_mode='trajectory_attention'` needs `motion_embedding_channels` equal to "
+                f"`cond_feature_channels` ({cond_feature_channels}), got {motion_embedding_channels}"
+            )
+        num_observed = num_cond_frames if include_reference_motion else num_cond_frames - 1
+        if num_observed < 1:
+            raise ValueError(f"`num_cond_frames` must leave at least one observed motion frame, got {num_cond_frames}")
+        num_levels = len(channel_mults)
+        default_adaptors = tuple(i > 1 for i in range(num_levels))
+        down_block_adaptors = tuple(default_adaptors if down_block_adaptors is None else down_block_adaptors)
+        up_block_adaptors = tuple(default_adaptors if up_block_adaptors is None else up_block_adaptors)
+        for name, flags in (("down_block_adaptors", down_block_adaptors), ("up_block_adaptors", up_block_adaptors)):
+            if len(flags) != num_levels:
+                raise ValueError(f"`{name}` needs one flag per level ({num_levels}), got {flags}")
+
+        self.num_observed = num_observed
+        self.gradient_checkpointing = False
+        window_size = tuple(window_size)
+        rotary = RotaryEmbedding(rotary_dim or min(32, attention_head_dim))
+        self.rotary_emb = rotary
+        init_channels = init_channels or base_channels
+        temb_channels = base_channels * 4
+
+        def make_adaptor(channels: int) -> DistributionAdaptor:
+            return DistributionAdaptor(
+                channels, num_observed, num_pred_frames, adaptor_layers, tuple(adaptor_kernel_size), adaptor_zero_init
+            )
+
+        # condition path
+        motion_width = motion_embedding_channels or MOTION_CHANNELS
+        if motion_embedding_channels is not None:
+            self.motion_embedding = nn.Conv3d(
+                MOTION_CHANNELS, motion_embedding_channels, (1, init_kernel_size, init_kernel_size),
+                padding=(0, init_kernel_size // 2, init_kernel_size // 2),
+            )
+        if condition_feature_mode == "trajectory_attention":
+            self.trajectory_attention = TrajectoryCrossAttention(cond_feature_channels, num_observed, trajectory_attention_heads)
+        elif condition_feature_mode == "adaptor":
+            self.condition_adaptor = make_adaptor(cond_feature_channels)
+            self.condition_temporal_attention = TemporalAttention(cond_feature_channels, attention_heads, attention_head_dim, rotary)
+
+        self.conv_in = nn.Conv3d(
+            motion_width + cond_feature_channels, init_channels, (1, init_kernel_size, init_kernel_size),
+            padding=(0, init_kernel_size // 2, init_kernel_size // 2),
+        )
+        self.temporal_attention_in = TemporalAttention(init_channels, attention_heads, attention_head_dim, rotary)
+        self.time_position_bias = RelativePositionBias(attention_heads, num_buckets=32, max_distance=time_bias_max_distance)
+        self.time_proj = Timesteps(base_channels, flip_sin_to_cos=False, downscale_freq_shift=1)
+        self.time_embedding = TimestepEmbedding(base_channels, temb_channels, act_fn="gelu")
+
+        widths = [init_channels] + [base_channels * m for m in channel_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        block_args = dict(
+            temb_channels=temb_channels, groups=resnet_groups, window_size=window_size, heads=attention_heads,
+            head_dim=attention_head_dim, rotary_emb=rotary, layout=block_layout,
+        )
+        self.down_blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, (width_in, width_out) in enumerate(levels):
+            self.down_blocks.append(ExtDMBlock3D(
+                width_in, width_out, adaptor=make_adaptor(width_out) if down_block_adaptors[i] else None,
+                temporal_attention=block_temporal_attention, **block_args,
+            ))
+            self.downsamplers.append(Downsample3D(width_out) if i < num_levels - 1 else nn.Identity())
+        self.mid_block = ExtDMBlock3D(
+            widths[-1], widths[-1], adaptor=make_adaptor(widths[-1]), temporal_attention=False, is_middle=True, **block_args
+        )
+        self.up_blocks = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i, (width_in, width_out) in enumerate(reversed(levels)):
+            self.up_blocks.append(ExtDMBlock3D(
+                width_out * 2, width_in, adaptor=make_adaptor(width_in) if up_block_adaptors[i] else None,
+                temporal_attention=block_temporal_attention, **block_args,
+            ))
+            self.upsamplers.append(Upsample3D(width_in, use_deconv, padding_mode) if i < num_levels - 1 else nn.Identity())
+
+        self.flow_out = OutputHead(base_channels * 2, base_channels, 2, resnet_groups)
+        self.occlusion_out = OutputHead(base_channels * 2, base_channels, 1, resnet_groups)
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def num_feature_frames(self) -> int:
+        """Frames of ``cond_features``: the observed ones and the future ones."""
+        return self.num_observed + self.config.num_pred_frames
+
+    def _check_inputs(self, sample, cond_motion, cond_features) -> None:
+        cfg = self.config
+        expected = {
+            "sample": (MOTION_CHANNELS, cfg.num_pred_frames, "(B, 3, num_pred_frames, h, w)"),
+            "cond_motion": (MOTION_CHANNELS, cfg.num_cond_frames, "(B, 3, num_cond_frames, h, w)"),
+            "cond_features": (cfg.cond_feature_channels, self.num_feature_frames,
+                              "(B, cond_feature_channels, num_cond_frames" + ("" if cfg.include_reference_motion else " - 1") + " + num_pred_frames, h', w')"),
+        }
+        for name, tensor in (("sample", sample), ("cond_motion", cond_motion), ("cond_features", cond_features)):
+            channels, frames, layout = expected[name]
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tensor.shape[1] != channels or tensor.shape[2] != frames:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"`{name}` must have shape {layout} = (B, {channels}, {frames}, ...), got {got}")
+        batch = {"sample": sample.shape[0], "cond_motion": cond_motion.shape[0], "cond_features": cond_features.shape[0]}
+        if len(set(batch.values())) > 1:
+            raise ValueError(f"batch sizes of `sample`, `cond_motion` and `cond_features` must match, got {batch}")
+        if sample.shape[-2:] != cond_motion.shape[-2:]:
+            raise ValueError(f"`sample` and `cond_motion` must share (h, w), got {tuple(sample.shape[-2:])} and {tuple(cond_motion.shape[-2:])}")
+
+    def _run(self, module: nn.Module, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(module, *args)
+        return module(*args)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        cond_motion: torch.Tensor,
+        cond_features: torch.Tensor,
+        return_dict: bool = True,
+    ) -> Union[ExtDMUNet3DOutput, Tuple[torch.Tensor]]:
+        """
+        Args:
+            sample: (B, 3, P, h, w) noisy future motion.
+            timestep: diffusion step, a number or a (B,) tensor.
+            cond_motion: (B, 3, num_cond_frames, h, w) motion of the observed frames (flow grid and occlusion
+                map mapped to [-1, 1]).
+            cond_features: (B, F, num_feature_frames, h', w') bottleneck features; resized to (h, w) here.
+        """
+        self._check_inputs(sample, cond_motion, cond_features)
+        batch, num_observed = sample.shape[0], self.num_observed
+        timesteps = torch.as_tensor(timestep, device=sample.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps[None]
+        timesteps = timesteps.expand(batch)
+
+        position_bias = self.time_position_bias(num_observed + sample.shape[2], sample.device)
+        x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2)
+        if self.config.motion_embedding_channels is not None:
+            x = self.motion_embedding(x)
+        features = cond_features.to(x.dtype)
+        mode = self.config.condition_feature_mode
+        if mode == "trajectory_attention":
+            features = self.trajectory_attention(x[:, :, num_observed:], features)
+        elif mode == "adaptor":
+            features = self.condition_temporal_attention(self.condition_adaptor(features), position_bias)
+        if features.shape[-2:] != x.shape[-2:]:
+            b, c, t, h, w = features.shape
+            frames = features.transpose(1, 2).reshape(b * t, c, h, w)
+            frames = F.interpolate(frames, size=x.shape[-2:], mode="bilinear")
+            features = frames.view(b, t, c, *x.shape[-2:]).transpose(1, 2)
+
+        x = self.conv_in(torch.cat([x, features], dim=1))
+        initial = x
+        x = self.temporal_attention_in(x, position_bias)
+        temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))
+
+        skips = []
+        for block, downsample in zip(self.down_blocks, self.downsamplers):
+            x = self._run(block, x, temb, position_bias)
+            skips.append(x)
+            x = downsample(x)
+        x = self._run(self.mid_block, x, temb, position_bias)
+        for block, upsample in zip(self.up_blocks, self.upsamplers):
+            x = self._run(block, torch.cat([x, skips.pop()], dim=1), temb, position_bias)
+            x = upsample(x)
+
+        x = torch.cat([x, initial], dim=1)
+        out = torch.cat([self.flow_out(x), self.occlusion_out(x)], dim=1)[:, :, num_observed:]
+        return ExtDMUNet3DOutput(sample=out) if return_dict else (out,)

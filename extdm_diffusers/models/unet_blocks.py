@@ -1,0 +1,111 @@
+"""Small building blocks of the ExtDM 3D U-Net (after lucidrains' video-diffusion-pytorch)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channel axis of (B, C, ...) tensors, with a scale and no bias."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        scale = self.weight.view(1, -1, *([1] * (x.ndim - 2)))
+        return (x - mean) / (var + self.eps).sqrt() * scale
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding over the sequence axis (-2) of (..., N, head_dim) tensors.
+
+    Rotates the first ``dim`` features in interleaved pairs with frequencies 1 / 10000^(2i / dim), the
+    convention of the ``rotary-embedding-torch`` package that the original checkpoints were trained with.
+    """
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def angles(self, seq_len: int, device) -> torch.Tensor:
+        positions = torch.arange(seq_len, device=device, dtype=self.freqs.dtype)
+        return (positions[:, None] * self.freqs.to(device)[None, :]).repeat_interleave(2, dim=-1)
+
+    def rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        rotated, rest = x[..., : self.dim], x[..., self.dim :]
+        pairs = rotated.unflatten(-1, (-1, 2))
+        half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return torch.cat([rotated * cos + half_turn * sin, rest], dim=-1)
+
+
+class ResnetBlock3D(nn.Module):
+    """Two (1, 3, 3) conv + group norm + SiLU layers with a residual; the time embedding scales and shifts
+    the first one."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: Optional[int] = None, groups: int = 8):
+        super().__init__()
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels * 2) if temb_channels is not None else None
+        self.conv1 = nn.Conv3d(in_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.norm1 = nn.GroupNorm(groups, out_channels)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.norm1(self.conv1(x))
+        if self.time_emb_proj is not None:
+            scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
+            h = h * (scale + 1) + shift
+        h = F.silu(h)
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + self.conv_shortcut(x)
+
+
+class Downsample3D(nn.Module):
+    """Halves height and width with a strided (1, 4, 4) convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample3D(nn.Module):
+    """Doubles height and width: a (1, 4, 4) transposed convolution, or nearest upsampling and a conv."""
+
+    def __init__(self, channels: int, use_deconv: bool = True, padding_mode: str = "zeros"):
+        super().__init__()
+        self.use_deconv = use_deconv
+        if use_deconv:
+            self.conv = nn.ConvTranspose3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+        else:
+            self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), padding_mode=padding_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_deconv:
+            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        return self.conv(x)
+
+
+class OutputHead(nn.Module):
+    """ResNet block (no time embedding) and a 1x1x1 conv to the output channels."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, groups: int = 8):
+        super().__init__()
+        self.resnet = ResnetBlock3D(in_channels, hidden_channels, groups=groups)
+        self.conv = nn.Conv3d(hidden_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.resnet(x))
