@@ -328,3 +328,90 @@ def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) 
     converted = unet_state_dict_from_original(state_dict, architecture, config, model.rotary_emb.dim)
     _load_strict(model, converted, f"{architecture} state dict")
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole pipeline
+# ------------------------------------------------------------------------------------------------------------
+#: The original wrappers' ``Unet3D`` arguments (VideoFlowDiffusion_multi*.py): dim 64, dim_mults (1, 2, 4, 4),
+#: and ``channels`` = motion width + 256 feature channels.
+def original_unet_kwargs(architecture: str, config: Mapping) -> dict:
+    """The ``Unet3D`` constructor arguments the original wrapper passes for ``architecture`` and a DM config."""
+    if architecture not in ARCHITECTURE_PRESETS:
+        raise ValueError(f"`architecture` must be one of {sorted(ARCHITECTURE_PRESETS)}, got {architecture!r}")
+    train = config["dataset_params"]["train_params"]
+    motion_width = ORIGINAL_FEATURE_CHANNELS if ARCHITECTURE_PRESETS[architecture]["motion_embedding"] else 3
+    return dict(
+        dim=64, channels=motion_width + ORIGINAL_FEATURE_CHANNELS, dim_mults=(1, 2, 4, 4), cond_num=train["cond_frames"],
+        pred_num=train["pred_frames"], use_deconv=True, padding_mode="zeros", learn_null_cond=False,
+        use_final_activation=False,
+    )
+
+
+_SCHEDULE_BUFFERS = {
+    "betas": "betas",
+    "alphas_cumprod": "alphas_cumprod",
+    "alphas_cumprod_prev": "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod": "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod": "sqrt_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod": "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod": "sqrt_recipm1_alphas_cumprod",
+}
+_UNCHECKED_SCHEDULE_BUFFERS = {"log_one_minus_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                               "posterior_mean_coef1", "posterior_mean_coef2"}
+
+
+def pipeline_from_original(
+    ae_checkpoint: Mapping[str, StateDict],
+    dm_checkpoint: Mapping,
+    config: Mapping,
+    architecture: str,
+    unet_kwargs: Optional[dict] = None,
+):
+    """An ``ExtDMPipeline`` from original checkpoints.
+
+    Args:
+        ae_checkpoint: what an original autoencoder ``.pth`` holds (``generator``, ``region_predictor``, ``bg_predictor``).
+        dm_checkpoint: what an original diffusion ``.pth`` holds: ``{"diffusion": GaussianDiffusion state dict, ...}``.
+        config: the original DM YAML as a dict (``flow_params``, ``diffusion_params``, ``dataset_params``).
+        architecture: the original denoiser module name, e.g. ``DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada``.
+        unet_kwargs: original ``Unet3D`` arguments; ``None`` means the original wrapper's (``original_unet_kwargs``).
+    """
+    from .pipelines.pipeline_extdm import ExtDMPipeline
+    from .schedulers.scheduling_extdm_ddim import ExtDMDDIMScheduler
+
+    diffusion_params = config.get("diffusion_params", {}).get("model_params", {})
+    if diffusion_params.get("use_residual_flow"):
+        raise ValueError("`use_residual_flow: True` is not supported: no released ExtDM model uses it")
+    if "diffusion" not in dm_checkpoint:
+        raise CheckpointConversionError(f"diffusion checkpoint must hold the key 'diffusion', got {sorted(dm_checkpoint)}")
+    flow_params = dict(config["flow_params"]["model_params"])
+    flow_params.setdefault("sample_size", config.get("dataset_params", {}).get("frame_shape"))
+    flow_autoencoder = flow_autoencoder_from_original(ae_checkpoint, flow_params)
+
+    diffusion = dm_checkpoint["diffusion"]
+    denoiser = {k[len("denoise_fn."):]: v for k, v in diffusion.items() if k.startswith("denoise_fn.")}
+    schedule = {k: v for k, v in diffusion.items() if not k.startswith("denoise_fn.")}
+    unknown = sorted(set(schedule) - set(_SCHEDULE_BUFFERS) - _UNCHECKED_SCHEDULE_BUFFERS)
+    if unknown:
+        raise CheckpointConversionError(f"diffusion state dict: unknown keys {_listing(unknown)}")
+    if "betas" not in schedule:
+        raise CheckpointConversionError("diffusion state dict: missing keys ['betas']")
+
+    kwargs = original_unet_kwargs(architecture, config) if unet_kwargs is None else dict(unet_kwargs)
+    unet = unet_from_original(denoiser, architecture, **kwargs)
+    if unet.config.cond_feature_channels != flow_autoencoder.feature_channels:
+        raise CheckpointConversionError(
+            f"the denoiser expects {unet.config.cond_feature_channels} feature channels, the autoencoder's bottleneck "
+            f"has {flow_autoencoder.feature_channels}"
+        )
+    scheduler = ExtDMDDIMScheduler(num_train_timesteps=len(schedule["betas"]))
+    # The schedule is not learned: check that the checkpoint's is the one the scheduler computes.
+    for key, attribute in _SCHEDULE_BUFFERS.items():
+        if key in schedule:
+            ours = getattr(scheduler, attribute)
+            if schedule[key].shape != ours.shape or not torch.allclose(schedule[key].float(), ours, rtol=1e-4, atol=1e-6):
+                raise CheckpointConversionError(
+                    f"diffusion state dict: `{key}` is not the original cosine schedule that ExtDMDDIMScheduler computes"
+                )
+    return ExtDMPipeline(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)

@@ -107,7 +107,8 @@ def _merged(defaults: Dict[str, Any], given: Optional[Dict[str, Any]]) -> Dict[s
 
 class FlowAutoencoder(ModelMixin, ConfigMixin):
     """The motion autoencoder. Config fields mirror the original YAML's ``flow_params.model_params``:
-    nested ``*_params`` dicts are merged over the defaults above, so a partial dict is enough."""
+    nested ``*_params`` dicts are merged over the defaults above, so a partial dict is enough.
+    ``sample_size``: the frame size it was trained on (``dataset_params.frame_shape``), checked by the pipeline."""
 
     _supports_gradient_checkpointing = False
 
@@ -121,6 +122,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         bg_predictor_params: Optional[Dict[str, Any]] = None,
         region_predictor_params: Optional[Dict[str, Any]] = None,
         generator_params: Optional[Dict[str, Any]] = None,
+        sample_size: Optional[int] = None,
     ):
         super().__init__()
         bg_params = _merged(DEFAULT_BG_PREDICTOR_PARAMS, bg_predictor_params)

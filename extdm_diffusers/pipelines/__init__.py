@@ -1,0 +1,3 @@
+from .pipeline_extdm import ExtDMPipeline, ExtDMPipelineOutput
+
+__all__ = ["ExtDMPipeline", "ExtDMPipelineOutput"]

@@ -1,0 +1,154 @@
+"""The original ExtDM DDIM sampler as a diffusers scheduler.
+
+Stock ``DDIMScheduler`` cannot be configured to match it, for two reasons:
+- time grid: the original calls the denoiser at ``int(linspace(0, T, steps + 2))[:-1]`` reversed, without
+  the final 0 (T=1000, 10 steps: 909, 818, ..., 90) and steps to the next value of that list;
+- alpha indexing: the DDIM update uses ``alphas_cumprod_prev[t]`` and ``alphas_cumprod_prev[t_next]`` (one
+  index earlier than ``alphas_cumprod``; ``alphas_cumprod_prev[0] = 1``), while x0 is predicted from epsilon
+  with ``alphas_cumprod[t]``.
+The schedule itself is the original's cosine schedule (s = 0.008, betas clipped to ``max_beta`` = 0.9999,
+computed in float64), and x0 is dynamically thresholded at the 0.9 quantile of |x0| per sample, clamped
+below at 1 (``sample_max_value`` is a bound far above any motion value: in effect none).
+
+The config keeps the names stock schedulers read (``num_train_timesteps``, ``beta_schedule``,
+``prediction_type``, ``thresholding``, ...), so ``DDIMScheduler.from_config(pipe.scheduler.config)`` and the
+other schedulers listed in ``_compatibles`` work on an ExtDM pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+@dataclass
+class ExtDMDDIMSchedulerOutput(BaseOutput):
+    """prev_sample: x at the next time. pred_original_sample: the thresholded x0 prediction."""
+
+    prev_sample: torch.Tensor = None
+    pred_original_sample: Optional[torch.Tensor] = None
+
+
+def original_cosine_alphas_cumprod(num_train_timesteps: int, s: float = 0.008, max_beta: float = 0.9999) -> torch.Tensor:
+    """alphas_cumprod of the original cosine schedule, float64."""
+    x = torch.linspace(0, num_train_timesteps, num_train_timesteps + 1, dtype=torch.float64)
+    alphas_cumprod = torch.cos(((x / num_train_timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    betas = torch.clip(1 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0, max_beta)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        max_beta: float = 0.9999,
+        prediction_type: str = "epsilon",
+        thresholding: bool = True,
+        dynamic_thresholding_ratio: float = 0.9,
+        sample_max_value: float = 1e9,
+        clip_sample: bool = False,
+    ):
+        if beta_schedule != "squaredcos_cap_v2":
+            raise ValueError(f"ExtDMDDIMScheduler implements the original cosine schedule only ('squaredcos_cap_v2'), got {beta_schedule!r}")
+        if prediction_type != "epsilon":
+            raise ValueError(f"ExtDMDDIMScheduler supports `prediction_type='epsilon'` only, got {prediction_type!r}")
+        alphas_cumprod = original_cosine_alphas_cumprod(num_train_timesteps, max_beta=max_beta)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        # float64 maths cast to float32, exactly as the original's registered buffers
+        self.betas = (1 - alphas_cumprod / alphas_cumprod_prev).float()
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.alphas_cumprod_prev = alphas_cumprod_prev.float()
+        self.sqrt_alphas_cumprod = alphas_cumprod.sqrt().float()
+        self.sqrt_one_minus_alphas_cumprod = (1 - alphas_cumprod).sqrt().float()
+        self.sqrt_recip_alphas_cumprod = (1 / alphas_cumprod).sqrt().float()
+        self.sqrt_recipm1_alphas_cumprod = (1 / alphas_cumprod - 1).sqrt().float()
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        self._next_timesteps = torch.cat([self.timesteps[1:], torch.zeros(1, dtype=torch.long)])
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int, device: Union[str, torch.device] = None) -> None:
+        if not 1 <= num_inference_steps <= self.config.num_train_timesteps:
+            raise ValueError(
+                f"`num_inference_steps` must be in [1, {self.config.num_train_timesteps}], got {num_inference_steps}"
+            )
+        self.num_inference_steps = num_inference_steps
+        times = torch.linspace(0.0, self.config.num_train_timesteps, steps=num_inference_steps + 2)[:-1]
+        times = times.int().flip(0).long()  # e.g. 909, 818, ..., 90, 0
+        self.timesteps = times[:-1].to(device)
+        self._next_timesteps = times[1:].to(device)
+
+    def _index(self, timestep) -> int:
+        matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
+        if len(matches) == 0:
+            raise ValueError(f"timestep {int(timestep)} is not one of this scheduler's timesteps; call `set_timesteps` first")
+        return int(matches[0])
+
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        dtype = x0.dtype
+        flat = x0.float().reshape(x0.shape[0], -1)
+        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        s = s.clamp(min=1, max=self.config.sample_max_value).view(-1, *([1] * (x0.ndim - 1)))
+        return (x0.float().clamp(-s, s) / s).to(dtype)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Union[int, torch.Tensor],
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        variance_noise: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[ExtDMDDIMSchedulerOutput, Tuple]:
+        """One DDIM step of the original sampler from ``timestep`` to the next time of the grid."""
+        if self.num_inference_steps is None:
+            raise ValueError("call `set_timesteps` before `step`")
+        index = self._index(timestep)
+        t, t_next = int(self.timesteps[index]), int(self._next_timesteps[index])
+        alpha, alpha_next = self.alphas_cumprod_prev[t], self.alphas_cumprod_prev[t_next]
+
+        x0 = self.sqrt_recip_alphas_cumprod[t] * sample - self.sqrt_recipm1_alphas_cumprod[t] * model_output
+        if self.config.thresholding:
+            x0 = self._threshold(x0)
+        elif self.config.clip_sample:
+            x0 = x0.clamp(-1, 1)
+
+        sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
+        c = ((1 - alpha_next) - sigma**2).sqrt()
+        prev_sample = x0 * alpha_next.sqrt() + c * model_output
+        if t_next > 0 and eta > 0:
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            prev_sample = prev_sample + sigma * variance_noise
+        prev_sample = prev_sample.to(sample.dtype)
+        if not return_dict:
+            return prev_sample, x0
+        return ExtDMDDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0) of the original: sqrt(alphas_cumprod[t]) x0 + sqrt(1 - alphas_cumprod[t]) noise."""
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        timesteps = timesteps.to("cpu").long()
+        a = self.sqrt_alphas_cumprod[timesteps].to(original_samples.device, original_samples.dtype).view(shape)
+        b = self.sqrt_one_minus_alphas_cumprod[timesteps].to(original_samples.device, original_samples.dtype).view(shape)
+        return a * original_samples + b * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
