@@ -23,6 +23,13 @@ def make_coordinate_grid(height: int, width: int, device=None, dtype=None) -> to
     return torch.stack([x.view(1, -1).expand(height, width), y.view(-1, 1).expand(height, width)], dim=-1)
 
 
+def inverse_2x2(matrices: torch.Tensor) -> torch.Tensor:
+    """Batched inverse of 2x2 matrices; low-precision inputs are inverted in float32 (linalg has no bf16/fp16)."""
+    if matrices.dtype in (torch.float32, torch.float64):
+        return torch.inverse(matrices)
+    return torch.inverse(matrices.float()).to(matrices.dtype)
+
+
 def region_to_gaussian(center: torch.Tensor, covar, height: int, width: int) -> torch.Tensor:
     """Gaussian-like heatmaps (..., height, width) for regions with ``center`` (..., 2) and covariance
     ``covar`` (..., 2, 2), or a scalar variance."""
@@ -30,7 +37,7 @@ def region_to_gaussian(center: torch.Tensor, covar, height: int, width: int) -> 
     diff = grid - center[..., None, None, :]  # (..., h, w, 2)
     if isinstance(covar, (float, int)):
         return torch.exp(-0.5 * (diff**2).sum(-1) / covar)
-    covar_inverse = torch.inverse(covar)[..., None, None, :, :]
+    covar_inverse = inverse_2x2(covar)[..., None, None, :, :]
     under_exp = diff.unsqueeze(-2) @ covar_inverse @ diff.unsqueeze(-1)
     return torch.exp(-0.5 * under_exp[..., 0, 0])
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder_blocks import AntiAliasDownsample2d, Hourglass, from_homogeneous, make_coordinate_grid, region_to_gaussian, to_homogeneous
+from .autoencoder_blocks import AntiAliasDownsample2d, Hourglass, from_homogeneous, inverse_2x2, make_coordinate_grid, region_to_gaussian, to_homogeneous
 from .region_predictor import RegionParams
 
 
@@ -61,7 +61,7 @@ class PixelwiseFlowPredictor(nn.Module):
         identity = make_coordinate_grid(h, w, device=source.shift.device, dtype=source.shift.dtype)
         coordinates = identity.view(1, 1, h, w, 2) - driving.shift.view(b, self.num_regions, 1, 1, 2)
         if driving.affine is not None:
-            affine = source.affine @ torch.inverse(driving.affine)
+            affine = source.affine @ inverse_2x2(driving.affine)
             if self.revert_axis_swap:
                 # SVD may flip both axes of a region; undo it so regions do not rotate by 180 degrees.
                 affine = affine * torch.sign(affine[:, :, 0:1, 0:1])

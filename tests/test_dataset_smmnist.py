@@ -1,0 +1,135 @@
+"""SMMNIST builder: bundled (offline) and MNIST-idx sources, determinism, downloads, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets_helpers import REPO, load_builder, no_proxy_env, serve_directory, write_idx
+
+smmnist = load_builder("smmnist")
+
+
+def _frames(row) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(io.BytesIO(f["bytes"]))) for f in row["video"]])
+
+
+def _raw_rows(path, split):
+    ds = datasets.load_from_disk(str(path))[split]
+    return ds.cast_column("video", datasets.Sequence(datasets.Image(decode=False)))
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smmnist") / "bundled"
+    smmnist.main(["--source", "bundled", "--output_dir", str(out), "--num_train", "6", "--num_test", "5",
+                  "--num_frames", "12"])
+    return out
+
+
+def test_bundled_build_has_the_schema_splits_and_shapes(bundled):
+    dataset = datasets.load_from_disk(str(bundled))
+    assert set(dataset) == {"train", "test"}
+    assert (len(dataset["train"]), len(dataset["test"])) == (6, 5)
+    assert set(dataset["train"].column_names) == {"video", "num_frames", "id", "digits", "digit_indices"}
+    row = dataset["test"][0]
+    video = np.stack([np.asarray(frame) for frame in row["video"]])
+    assert video.shape == (12, 64, 64) and video.dtype == np.uint8
+    assert row["num_frames"] == 12 and row["id"] == "test_000000"
+    assert len(row["digits"]) == 2 and all(0 <= d <= 9 for d in row["digits"])
+    assert video.max() == 255 and (video == 0).mean() > 0.5  # two bright digits on black
+
+
+def test_test_set_is_the_seeded_original_stream(bundled, tmp_path):
+    # the same generator with the original's seed 0 gives the same bytes, independent of --num_train
+    other = tmp_path / "other"
+    smmnist.main(["--source", "bundled", "--output_dir", str(other), "--num_train", "2", "--num_test", "5",
+                  "--num_frames", "12"])
+    first, second = _raw_rows(bundled, "test"), _raw_rows(other, "test")
+    for a, b in zip(first, second):
+        assert np.array_equal(_frames(a), _frames(b))
+    # only the first num_test digits of the test pool are used (the original's randint(N) with N = 256)
+    assert max(max(r["digit_indices"]) for r in first) < 5
+    # regression guard: video 0 of the bundled test set, generated as the original does (checked bit-exact
+    # against the original StochasticMovingMNIST when this builder was written)
+    digest = hashlib.sha256(_frames(first[0]).tobytes()).hexdigest()
+    rng_video, _ = smmnist.generate_video(np.random.RandomState(0), smmnist.resize_digits(
+        smmnist.bundled_digits("test")[0][:5]), 5, 12, 64)
+    assert hashlib.sha256(rng_video[..., 0].tobytes()).hexdigest() == digest
+
+
+def test_digits_bounce_inside_the_frame():
+    digits = np.ones((3, 32, 32), np.float32)
+    video, _ = smmnist.generate_video(np.random.RandomState(3), digits, 3, 200, 64)
+    assert video.shape == (200, 64, 64, 1)
+    for frame in video[..., 0]:
+        rows, cols = np.nonzero(frame)
+        assert rows.min() >= 0 and rows.max() <= 63 - 1 and cols.max() <= 63 - 1  # top-left <= 31 -> max 62
+    assert len({frame.tobytes() for frame in video}) > 50  # the digits move
+
+
+def _write_mnist(folder, count=40):
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, (images_name, _, labels_name, _) in smmnist.MNIST_FILES.items():
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count, dtype=np.uint8)
+        files[images_name] = write_idx(folder / images_name, images, 2051)
+        files[labels_name] = write_idx(folder / labels_name, labels, 2049)
+    return files
+
+
+def test_mnist_source_downloads_checksummed_files_from_the_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    served = _write_mnist(tmp_path / "srv")
+    md5 = {name: hashlib.md5(path.read_bytes()).hexdigest() for name, path in served.items()}
+    patched = {split: (i, md5[i], l, md5[l]) for split, (i, _, l, _) in smmnist.MNIST_FILES.items()}
+    monkeypatch.setattr(smmnist, "MNIST_FILES", patched)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    with serve_directory(tmp_path / "srv") as (url, seen):
+        dataset = smmnist.main(["--source", "mnist", "--raw_dir", str(raw), "--download", "--mirror_url", url,
+                                "--output_dir", str(out), "--num_train", "3", "--num_test", "4", "--num_frames", "6"])
+    assert len(seen) == 4 and all((raw / name).is_file() for name in served)
+    assert (len(dataset["train"]), len(dataset["test"])) == (3, 4)
+    assert np.asarray(dataset["train"][0]["video"][0]).shape == (64, 64)
+
+
+def test_mnist_source_rejects_a_corrupt_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    _write_mnist(tmp_path / "srv")  # served files do not match the published md5s
+    with serve_directory(tmp_path / "srv") as (url, _):
+        with pytest.raises(smmnist.BuildError, match="corrupt.*md5"):
+            smmnist.main(["--source", "mnist", "--raw_dir", str(tmp_path / "raw"), "--download", "--mirror_url", url,
+                          "--output_dir", str(tmp_path / "out")])
+
+
+def test_mnist_source_names_missing_and_corrupt_idx_files(tmp_path):
+    with pytest.raises(smmnist.BuildError, match="missing MNIST file .*train-images-idx3-ubyte.gz"):
+        smmnist.main(["--source", "mnist", "--raw_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+                      "--num_train", "1", "--num_test", "1"])
+    _write_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(smmnist.BuildError, match="train-images-idx3-ubyte.gz is corrupt"):
+        smmnist.main(["--source", "mnist", "--raw_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+                      "--num_train", "1", "--num_test", "1"])
+
+
+def test_cli_quickstart_runs_offline_and_reports_bad_arguments(tmp_path):
+    out = tmp_path / "smmnist-mini"
+    done = subprocess.run([sys.executable, "dataset_builders/smmnist.py", "--source", "bundled", "--output_dir",
+                           str(out), "--num_train", "20", "--num_test", "4"], cwd=REPO, capture_output=True,
+                          text=True, env=no_proxy_env())
+    assert done.returncode == 0, done.stderr
+    dataset = datasets.load_from_disk(str(out))
+    assert (len(dataset["train"]), len(dataset["test"]), dataset["train"][0]["num_frames"]) == (20, 4, 40)
+    failed = subprocess.run([sys.executable, "dataset_builders/smmnist.py", "--source", "mnist", "--output_dir",
+                             str(out)], cwd=REPO, capture_output=True, text=True)
+    assert failed.returncode == 2 and "error: --source mnist needs --raw_dir" in failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -1,0 +1,146 @@
+import pytest
+import torch
+
+from extdm_diffusers import FlowAutoencoder
+from extdm_diffusers.conversion import CheckpointConversionError, flow_autoencoder_from_original
+from reference_cases import load_case, relative_error, split_autoencoder
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference():
+    meta, tensors, state_dict = load_case("ae_affine_32")
+    model = flow_autoencoder_from_original(split_autoencoder(state_dict), meta["config"])
+    return meta, tensors, state_dict, model
+
+
+def test_forward_matches_original(reference):
+    _, t, _, model = reference
+    with torch.no_grad():
+        out = model(t["inputs.source"], t["inputs.driving"])
+    checks = {
+        "generator.prediction": out.prediction,
+        "generator.deformed": out.deformed,
+        "generator.optical_flow": out.optical_flow.permute(0, 2, 3, 1),  # ours is channels first
+        "generator.occlusion_map": out.occlusion_map,
+        "generator.bottle_neck_feat": out.features,
+        "forward_bottle": out.features,
+        "bg_params": out.background_params,
+    }
+    for side, params in (("source_region", out.source_region_params), ("driving_region", out.driving_region_params)):
+        for key in ("shift", "covar", "affine", "heatmap"):
+            checks[f"{side}.{key}"] = params[key]
+    for name, ours in checks.items():
+        assert ours.shape == t[f"outputs.{name}"].shape, name
+        assert relative_error(ours, t[f"outputs.{name}"]) < TOLERANCE, name
+    assert out.optical_flow.shape == (2, 2, 16, 16)
+
+
+def test_decode_matches_original_forward_with_flow(reference):
+    _, t, _, model = reference
+    with torch.no_grad():
+        out = model.decode(t["inputs.source"], t["inputs.flow"].permute(0, 3, 1, 2), t["inputs.occlusion"])
+    assert relative_error(out.sample, t["outputs.with_flow.prediction"]) < TOLERANCE
+    assert relative_error(out.deformed, t["outputs.with_flow.deformed"]) < TOLERANCE
+
+
+def test_encode_and_decode_are_batched_over_time(reference):
+    _, t, _, model = reference
+    source, driving = t["inputs.source"], t["inputs.driving"]
+    frames = torch.stack([driving, source, driving.flip(-1)], dim=1)  # (B, T=3, C, H, W)
+    with torch.no_grad():
+        encoded = model.encode(frames, source)
+        per_frame = [model(source, frames[:, i]) for i in range(3)]
+        assert encoded.optical_flow.shape == (2, 3, 2, 16, 16)
+        assert encoded.occlusion_map.shape == (2, 3, 1, 16, 16)
+        assert encoded.features.shape == (2, 3, 32, 8, 8)
+        for i, single in enumerate(per_frame):
+            torch.testing.assert_close(encoded.optical_flow[:, i], single.optical_flow, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(encoded.occlusion_map[:, i], single.occlusion_map, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(encoded.features[:, 1], per_frame[0].features, rtol=1e-5, atol=1e-6)
+
+        decoded = model.decode(source, encoded.optical_flow, encoded.occlusion_map)
+        assert decoded.sample.shape == frames.shape
+        for i, single in enumerate(per_frame):
+            torch.testing.assert_close(decoded.sample[:, i], single.prediction, rtol=1e-5, atol=1e-6)
+
+
+def test_save_and_load_round_trip(reference, tmp_path):
+    _, t, _, model = reference
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = FlowAutoencoder.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        a = model(t["inputs.source"], t["inputs.driving"]).prediction
+        b = loaded(t["inputs.source"], t["inputs.driving"]).prediction
+    assert torch.equal(a, b)
+
+
+def test_bfloat16_runs(reference):
+    _, t, _, model = reference
+    half = FlowAutoencoder.from_config(model.config).eval()
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)
+    with torch.no_grad():
+        out = half(t["inputs.source"].bfloat16(), t["inputs.driving"].bfloat16())
+    assert out.prediction.dtype == torch.bfloat16
+    assert relative_error(out.prediction, t["outputs.generator.prediction"]) < 5e-2
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, s: m(s[:, :1], s), r"`source` must have shape \(B, C, H, W\) with C=3"),
+        (lambda m, s: m(s, s[:1]), r"batch size of `source`, `driving` must match"),
+        (lambda m, s: m.encode(s, s), r"`frames` must have shape \(B, T, C, H, W\)"),
+        (lambda m, s: m.encode(s[None], s), r"batch size of `frames`, `reference` must match"),
+        (lambda m, s: m.decode(s, torch.zeros(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)), r"`optical_flow` must have shape"),
+        (lambda m, s: m.decode(s, torch.zeros(2, 2, 16, 16), torch.zeros(2, 1, 8, 8)), r"`occlusion_map` must have shape \(2, 1, 16, 16\)"),
+        (lambda m, s: m.decode(s, torch.zeros(2, 2, 16, 16)), r"`occlusion_map` is required"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(reference, call, message):
+    _, t, _, model = reference
+    with pytest.raises(ValueError, match=message):
+        call(model, t["inputs.source"])
+
+
+def test_conversion_names_bad_keys(reference):
+    meta, _, state_dict, _ = reference
+    checkpoint = split_autoencoder(state_dict)
+    checkpoint["generator"]["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointConversionError, match=r"unknown keys \[generator.extra.weight\]"):
+        flow_autoencoder_from_original(checkpoint, meta["config"])
+
+    checkpoint = split_autoencoder(state_dict)
+    del checkpoint["region_predictor"]["regions.bias"]
+    with pytest.raises(CheckpointConversionError, match=r"missing keys \[region_predictor.regions.bias\]"):
+        flow_autoencoder_from_original(checkpoint, meta["config"])
+
+    checkpoint = split_autoencoder(state_dict)
+    checkpoint["bg_predictor"]["fc.bias"] = torch.zeros(8)
+    with pytest.raises(CheckpointConversionError, match=r"mis-shaped keys \[bg_predictor.fc.bias: checkpoint \(8,\) vs model \(6,\)\]"):
+        flow_autoencoder_from_original(checkpoint, meta["config"])
+
+    with pytest.raises(CheckpointConversionError, match=r"lacks \['bg_predictor'\]"):
+        flow_autoencoder_from_original({k: v for k, v in split_autoencoder(state_dict).items() if k != "bg_predictor"}, meta["config"])
+
+
+@pytest.mark.parametrize("bg_type", ["zero", "shift", "perspective"])
+def test_other_background_types_and_regression_affine(bg_type):
+    model = FlowAutoencoder(
+        num_regions=3,
+        bg_predictor_params={"block_expansion": 4, "max_features": 16, "num_blocks": 2, "bg_type": bg_type},
+        region_predictor_params={"block_expansion": 4, "max_features": 16, "num_blocks": 2, "pca_based": False},
+        generator_params={"block_expansion": 8, "max_features": 16, "num_bottleneck_blocks": 1,
+                          "pixelwise_flow_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2}},
+    ).eval()
+    source, driving = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(source, driving)
+    assert out.prediction.shape == (2, 3, 32, 32)
+    assert out.background_params.shape == (2, 3, 3)
+    # freshly initialised predictors start from the identity transform
+    torch.testing.assert_close(out.background_params, torch.eye(3).expand(2, 3, 3))
+    torch.testing.assert_close(out.driving_region_params.affine, torch.eye(2).expand(2, 3, 2, 2))

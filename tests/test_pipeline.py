@@ -1,0 +1,190 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+from extdm_diffusers import ExtDMDDIMScheduler, ExtDMPipeline, ExtDMUNet3DModel, FlowAutoencoder
+from extdm_diffusers.conversion import CheckpointConversionError, pipeline_from_original, unet_config_from_original
+from reference_cases import diffusion_checkpoint, load_case, relative_error, split_autoencoder
+
+
+def conditioning_video(tensors):
+    return tensors["inputs.video"].permute(0, 2, 1, 3, 4)  # original (B, C, T, H, W) -> ours (B, T, C, H, W)
+
+
+@pytest.mark.parametrize("case", ["pipeline_wo_ref", "pipeline_traj_ada"])
+def test_matches_original_prediction(reference_pipeline_factory, case):
+    meta, t, pipe = reference_pipeline_factory(case)
+    cond, pred = meta["config"]["dataset_params"]["train_params"]["cond_frames"], meta["config"]["dataset_params"]["train_params"]["pred_frames"]
+    out = pipe(conditioning_video(t), num_frames=pred, num_inference_steps=10, eta=0.0,
+               latents=t["inputs.initial_noise"], output_type="pt", return_motion=True)
+    reference = t["outputs.sample_out_vid"][:, :, cond:].permute(0, 2, 1, 3, 4)
+    assert out.frames.shape == reference.shape == (1, pred, 3, 32, 32)
+    assert relative_error(out.frames, reference) < 1e-3
+    reference_motion = torch.cat([t["outputs.sample_vid_grid"], t["outputs.sample_vid_conf"]], dim=1)[:, :, cond:]
+    assert relative_error(out.motion, reference_motion.permute(0, 2, 1, 3, 4)) < 1e-3
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler])
+def test_stock_schedulers(reference_pipeline_factory, scheduler_class):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    frames = pipe(conditioning_video(t), num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype == np.float32
+    assert np.isfinite(frames).all() and frames.min() >= 0 and frames.max() <= 1
+
+
+def test_rollout_chains_windows_like_the_original(reference_pipeline_factory):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")  # 2 observed -> 5 predicted
+    video = conditioning_video(t)
+    noise = torch.randn(1, 3, 15, 16, 16, generator=torch.Generator().manual_seed(3))
+    rollout = pipe(video, num_frames=14, eta=0.0, latents=noise, output_type="pt").frames
+    assert rollout.shape == (1, 14, 3, 32, 32)
+    # window by window, by hand: each conditioned on the last 2 frames decoded so far
+    first = pipe(video, eta=0.0, latents=noise[:, :, :5], output_type="pt").frames
+    second = pipe(first[:, -2:], eta=0.0, latents=noise[:, :, 5:10], output_type="pt").frames
+    third = pipe(second[:, -2:], eta=0.0, latents=noise[:, :, 10:], output_type="pt").frames
+    torch.testing.assert_close(rollout, torch.cat([first, second, third], dim=1)[:, :14], rtol=1e-4, atol=1e-5)
+
+
+def test_rollout_when_the_window_is_shorter_than_the_condition():
+    """With fewer predicted than observed frames, the next window also sees reconstructed observed frames."""
+    meta, _, state_dict = load_case("pipeline_wo_ref")
+    autoencoder = FlowAutoencoder(**meta["config"]["flow_params"]["model_params"], sample_size=32).eval()
+    unet = ExtDMUNet3DModel(**unet_config_from_original(
+        "DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi", **dict(meta["unet_constructor"], pred_num=2))).eval()
+    pipe = ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    video = torch.rand(1, 3, 3, 32, 32)
+    noise = torch.randn(1, 3, 4, 16, 16)
+    rollout = pipe(video, num_frames=4, eta=0.0, latents=noise, output_type="pt").frames
+    first = pipe(video, eta=0.0, latents=noise[:, :, :2], output_type="pt").frames
+    with torch.no_grad():
+        encoded = autoencoder.encode(video, video[:, -1])
+        reconstructed = autoencoder.decode(video[:, -1], encoded.optical_flow[:, -1:], encoded.occlusion_map[:, -1:]).sample
+    second = pipe(torch.cat([reconstructed, first], dim=1).clamp(0, 1), eta=0.0, latents=noise[:, :, 2:], output_type="pt").frames
+    torch.testing.assert_close(rollout, torch.cat([first, second], dim=1), rtol=1e-4, atol=1e-5)
+
+
+def test_samples_are_reproducible_and_distinct(reference_pipeline_factory):
+    _, t, pipe = reference_pipeline_factory("pipeline_wo_ref")
+    video = conditioning_video(t).repeat(2, 1, 1, 1, 1)
+    run = lambda seed: pipe(video, num_samples_per_video=2, output_type="pt", generator=torch.Generator().manual_seed(seed)).frames
+    a, b, c = run(0), run(0), run(1)
+    assert a.shape == (4, 5, 3, 32, 32)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[0], a[1])  # two samples of one video differ
+
+
+def test_save_load_gives_the_same_frames(reference_pipeline_factory, tmp_path):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ExtDMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, ExtDMDDIMScheduler)
+    kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], output_type="pt")
+    assert torch.equal(pipe(conditioning_video(t), **kwargs).frames, loaded(conditioning_video(t), **kwargs).frames)
+    bf16 = ExtDMPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    bf16.set_progress_bar_config(disable=True)
+    frames = bf16(conditioning_video(t), **kwargs).frames
+    assert frames.dtype == torch.bfloat16 and torch.isfinite(frames).all()
+
+
+def test_input_formats_and_output_types(reference_pipeline_factory):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    video = conditioning_video(t)
+    kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"])
+    reference = pipe(video, output_type="pt", **kwargs).frames
+    uint8 = (video[0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (T, H, W, C)
+    from_numpy = pipe(uint8, output_type="np", **kwargs).frames
+    assert from_numpy.shape == (1, 5, 32, 32, 3)
+    assert np.abs(from_numpy - reference.permute(0, 1, 3, 4, 2).numpy()).max() < 0.05
+    pil = [PIL.Image.fromarray(frame) for frame in uint8]
+    from_pil = pipe(pil, output_type="pil", **kwargs).frames
+    assert len(from_pil) == 1 and len(from_pil[0]) == 5 and from_pil[0][0].size == (32, 32)
+    gray = pipe(video[:, :, :1], output_type="pt", **kwargs).frames  # grayscale input to an RGB model
+    expected = pipe(video[:, :, :1].expand(-1, -1, 3, -1, -1), output_type="pt", **kwargs).frames
+    assert torch.equal(gray, expected)
+
+
+def test_callback_can_replace_latents(reference_pipeline_factory):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    steps = []
+
+    def callback(pipeline, step, timestep, kwargs):
+        steps.append(int(timestep))
+        return {"latents": torch.zeros_like(kwargs["latents"])} if step == 9 else {}
+
+    out = pipe(conditioning_video(t), eta=0.0, output_type="pt", return_motion=True, callback_on_step_end=callback)
+    assert steps == [909, 818, 727, 636, 545, 454, 363, 272, 181, 90]
+    assert torch.equal(out.motion[:, :, :2], torch.zeros_like(out.motion[:, :, :2]))
+
+
+@pytest.mark.parametrize(
+    "video, kwargs, message",
+    [
+        (torch.rand(1, 1, 3, 32, 32), {}, r"exactly the 2 conditioning frames .* got 1"),
+        (torch.rand(1, 3, 3, 32, 32), {}, r"exactly the 2 conditioning frames .* got 3; pass e.g. video\[:, -2:\]"),
+        (torch.rand(1, 2, 3, 64, 64), {}, r"frames must be 32x32 .* got 64x64; resize them first"),
+        (torch.rand(1, 2, 4, 32, 32), {}, r"`video` has 4 channels, the autoencoder expects 3"),
+        (torch.rand(1, 2, 3, 32, 32) * 2, {}, r"`video` values must lie in \[0, 1\]"),
+        (torch.rand(2, 3, 32, 32), {}, r"`video` as a tensor must be \(B, T, C, H, W\)"),
+        (torch.rand(1, 2, 3, 32, 32), {"latents": torch.zeros(1, 3, 4, 16, 16)}, r"`latents` must have shape \(1, 3, 5, 16, 16\)"),
+        (torch.rand(1, 2, 3, 32, 32), {"output_type": "latent"}, r"`output_type` must be"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(reference_pipeline_factory, video, kwargs, message):
+    _, _, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    with pytest.raises(ValueError, match=message):
+        pipe(video, **kwargs)
+
+
+def test_conversion_checks_the_schedule():
+    meta, _, state_dict = load_case("pipeline_traj_ada")
+    dm = diffusion_checkpoint(state_dict)
+    dm["diffusion"]["betas"] = torch.linspace(1e-4, 0.02, 1000)
+    with pytest.raises(CheckpointConversionError, match="`betas` is not the original cosine schedule"):
+        pipeline_from_original(split_autoencoder(state_dict, "ae."), dm, meta["config"], meta["original_modules"][1], meta["unet_constructor"])
+
+
+def test_convert_cli_writes_a_loadable_folder_with_a_model_card(tmp_path):
+    meta, t, state_dict = load_case("pipeline_wo_ref")
+    torch.save(split_autoencoder(state_dict, "ae."), tmp_path / "ae.pth")
+    torch.save(dict(diffusion_checkpoint(state_dict), example=1234), tmp_path / "dm.pth")
+    config = dict(meta["config"], experiment_name="smmnist64")
+    (tmp_path / "smmnist.yaml").write_text(yaml.safe_dump(config))
+    output = tmp_path / "converted"
+    subprocess.run(
+        [sys.executable, "-m", "extdm_diffusers.convert", "--ae_checkpoint", str(tmp_path / "ae.pth"),
+         "--dm_checkpoint", str(tmp_path / "dm.pth"), "--config", str(tmp_path / "smmnist.yaml"),
+         "--architecture", meta["original_modules"][1], "--unet_kwargs", json.dumps(meta["unet_constructor"]),
+         "--output_dir", str(output)],
+        check=True, capture_output=True, text=True,
+    )
+    card = (output / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "diffusers" and "video-prediction" in metadata["tags"]
+    assert metadata["datasets"] == ["SMMNIST"]
+    assert "DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi" in card and "ExtDMPipeline.from_pretrained" in card
+
+    pipe = ExtDMPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(conditioning_video(t), eta=0.0, latents=t["inputs.initial_noise"], output_type="pt").frames
+    reference = t["outputs.sample_out_vid"][:, :, 3:].permute(0, 2, 1, 3, 4)
+    assert relative_error(frames, reference) < 1e-3
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "extdm_diffusers.convert", "--ae_checkpoint", str(tmp_path / "nope.pth"),
+         "--dm_checkpoint", str(tmp_path / "dm.pth"), "--config", str(tmp_path / "smmnist.yaml"),
+         "--architecture", meta["original_modules"][1], "--output_dir", str(tmp_path / "x")],
+        capture_output=True, text=True,
+    )
+    assert missing.returncode != 0 and "checkpoint not found" in missing.stderr

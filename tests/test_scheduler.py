@@ -1,0 +1,71 @@
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from extdm_diffusers import ExtDMDDIMScheduler
+from reference_cases import load_case
+
+
+def test_time_grid_is_the_originals():
+    scheduler = ExtDMDDIMScheduler()
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps.tolist() == [909, 818, 727, 636, 545, 454, 363, 272, 181, 90]
+    # stock DDIM cannot produce that grid with any of its spacings
+    for spacing in ("leading", "trailing", "linspace"):
+        ddim = DDIMScheduler.from_config(scheduler.config, timestep_spacing=spacing)
+        ddim.set_timesteps(10)
+        assert ddim.timesteps.tolist() != scheduler.timesteps.tolist()
+
+
+def test_schedule_equals_the_original_buffers():
+    _, tensors, _ = load_case("pipeline_traj_ada")
+    scheduler = ExtDMDDIMScheduler()
+    for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"):
+        torch.testing.assert_close(getattr(scheduler, name), tensors[f"buffers.diffusion.{name}"], rtol=0, atol=0)
+
+
+def test_step_follows_the_original_update():
+    scheduler = ExtDMDDIMScheduler()
+    scheduler.set_timesteps(10)
+    sample, eps = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    out = scheduler.step(eps, 909, sample, eta=0.0)
+    a_t = scheduler.alphas_cumprod[909]
+    x0 = (sample - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    s = torch.quantile(x0.reshape(2, -1).abs(), 0.9, dim=1).clamp(min=1).view(2, 1, 1, 1, 1)
+    x0 = x0.clamp(-s, s) / s
+    a_next = scheduler.alphas_cumprod_prev[818]
+    expected = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.prev_sample, expected, rtol=1e-5, atol=1e-6)
+    # the last step lands on the thresholded x0 itself (alphas_cumprod_prev[0] = 1)
+    last = scheduler.step(eps, 90, sample, eta=1.0)
+    torch.testing.assert_close(last.prev_sample, last.pred_original_sample)
+
+
+def test_eta_noise_uses_the_generator():
+    scheduler = ExtDMDDIMScheduler()
+    scheduler.set_timesteps(10)
+    sample, eps = torch.randn(1, 3, 2, 4, 4), torch.randn(1, 3, 2, 4, 4)
+    a = scheduler.step(eps, 909, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    b = scheduler.step(eps, 909, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    c = scheduler.step(eps, 909, sample, eta=1.0, generator=torch.Generator().manual_seed(2)).prev_sample
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_add_noise_is_q_sample():
+    scheduler = ExtDMDDIMScheduler()
+    x0, noise, t = torch.randn(3, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4), torch.tensor([0, 500, 999])
+    noisy = scheduler.add_noise(x0, noise, t)
+    ac = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(noisy, ac.sqrt() * x0 + (1 - ac).sqrt() * noise)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="original cosine schedule only"):
+        ExtDMDDIMScheduler(beta_schedule="linear")
+    scheduler = ExtDMDDIMScheduler()
+    with pytest.raises(ValueError, match="call `set_timesteps` before `step`"):
+        scheduler.step(torch.zeros(1), 909, torch.zeros(1))
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match="timestep 5 is not one of this scheduler's timesteps"):
+        scheduler.step(torch.zeros(1), 5, torch.zeros(1))

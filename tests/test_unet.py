@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from extdm_diffusers import ExtDMUNet3DModel
+from extdm_diffusers.conversion import CheckpointConversionError, unet_config_from_original, unet_from_original
+from reference_cases import load_case, relative_error
+
+CASES = ["unet_wo_ref", "unet_traj_u12", "unet_traj_ada", "unet_traj_ada_u22"]
+TOLERANCE = 1e-4
+
+
+def build(case):
+    meta, tensors, state_dict = load_case(case)
+    model = unet_from_original(state_dict, meta["original_module"], **meta["constructor"])
+    return meta, tensors, state_dict, model
+
+
+def call(model, t, **overrides):
+    inputs = dict(sample=t["inputs.x"], timestep=t["inputs.timestep"], cond_motion=t["inputs.cond_frames"], cond_features=t["inputs.cond_fea"])
+    inputs.update(overrides)
+    return model(**inputs)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_original(case):
+    _, t, _, model = build(case)
+    with torch.no_grad():
+        out = call(model, t).sample
+    assert out.shape == t["outputs.sample"].shape == (2, 3, 5, 16, 16)
+    assert relative_error(out, t["outputs.sample"]) < TOLERANCE
+
+
+def test_architectures_are_config_not_code():
+    configs = {case: build(case)[3].config for case in CASES}
+    assert configs["unet_wo_ref"].include_reference_motion is False
+    assert configs["unet_traj_u12"].condition_feature_mode == "trajectory_attention"
+    assert configs["unet_traj_ada"].condition_feature_mode == "adaptor"
+    assert tuple(configs["unet_traj_ada"].window_size) == (4, 4, 4)
+    u22 = configs["unet_traj_ada_u22"]
+    assert (u22.block_layout, u22.block_temporal_attention, tuple(u22.adaptor_kernel_size)) == ("grouped", True, (3, 3, 3))
+    assert tuple(u22.down_block_adaptors) == (True,) * 4 and u22.motion_embedding_channels is None
+    assert len({type(build(case)[3]) for case in CASES}) == 1
+
+
+@pytest.mark.parametrize("case", ["unet_wo_ref", "unet_traj_ada_u22"])
+def test_save_and_load_round_trip(case, tmp_path):
+    _, t, _, model = build(case)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ExtDMUNet3DModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(call(model, t).sample, call(loaded, t).sample)
+
+
+def test_scalar_timestep_broadcasts():
+    _, t, _, model = build("unet_traj_ada")
+    with torch.no_grad():
+        a = call(model, t, timestep=torch.tensor([500, 500])).sample
+        b = call(model, t, timestep=500).sample
+    assert torch.equal(a, b)
+
+
+def test_bfloat16_forward():
+    _, t, _, model = build("unet_traj_u12")
+    model = model.to(torch.bfloat16)
+    with torch.no_grad():
+        out = call(model, {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in t.items()}).sample
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert relative_error(out, t["outputs.sample"]) < 5e-2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    _, t, _, model = build("unet_wo_ref")
+    model.train()
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        call(model, t).sample.square().mean().backward()
+        grads.append(model.conv_in.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (lambda t: {"sample": t["inputs.x"][:, :2]}, r"`sample` must have shape \(B, 3, num_pred_frames, h, w\) = \(B, 3, 5, \.\.\.\), got \(2, 2, 5, 16, 16\)"),
+        (lambda t: {"sample": t["inputs.x"][:, :, :4]}, r"`sample` must have shape .* got \(2, 3, 4, 16, 16\)"),
+        (lambda t: {"cond_motion": t["inputs.cond_frames"][:, :, :1]}, r"`cond_motion` must have shape \(B, 3, num_cond_frames, h, w\) = \(B, 3, 2"),
+        (lambda t: {"cond_features": t["inputs.cond_fea"][:, :100]}, r"`cond_features` must have shape \(B, cond_feature_channels, .*\) = \(B, 256, 7"),
+        (lambda t: {"cond_features": t["inputs.cond_fea"][:1]}, r"batch sizes of `sample`, `cond_motion` and `cond_features` must match"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(overrides, message):
+    _, t, _, model = build("unet_traj_ada")
+    with pytest.raises(ValueError, match=message):
+        call(model, t, **overrides(t))
+
+
+def test_conversion_names_bad_keys():
+    meta, _, state_dict = load_case("unet_traj_ada")
+    arch, kwargs = meta["original_module"], meta["constructor"]
+
+    bad = dict(state_dict, **{"mid_block9.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointConversionError, match=r"unknown keys \[mid_block9.weight\]"):
+        unet_from_original(bad, arch, **kwargs)
+
+    bad = {k: v for k, v in state_dict.items() if k != "init_conv.bias"}
+    with pytest.raises(CheckpointConversionError, match=r"missing keys \[conv_in.bias\]"):
+        unet_from_original(bad, arch, **kwargs)
+
+    bad = dict(state_dict, **{"time_mlp.1.bias": torch.zeros(3)})
+    with pytest.raises(CheckpointConversionError, match=r"mis-shaped keys \[time_embedding.linear_1.bias: checkpoint \(3,\) vs model \(64,\)\]"):
+        unet_from_original(bad, arch, **kwargs)
+
+    freqs_key = next(k for k in state_dict if k.endswith("rotary_emb.freqs"))
+    bad = dict(state_dict, **{freqs_key: state_dict[freqs_key] * 2})
+    with pytest.raises(CheckpointConversionError, match="rotary frequencies"):
+        unet_from_original(bad, arch, **kwargs)
+
+
+def test_conversion_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="`architecture` must be one of"):
+        unet_config_from_original("Unet9", dim=16)
+    with pytest.raises(ValueError, match=r"unknown original Unet3D arguments \['dims'\]"):
+        unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi", dims=16)
+    with pytest.raises(ValueError, match=r"`channels` of DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada must be 256 \+ 256"):
+        unet_config_from_original("DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada", dim=16, channels=300, cond_num=2, pred_num=5)
+    with pytest.raises(ValueError, match="text/class conditioning"):
+        unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi", dim=16, channels=35, cond_dim=8)
