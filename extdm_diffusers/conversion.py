@@ -7,11 +7,14 @@ them strictly: a key that is unknown, missing or of the wrong shape raises an er
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
 from .models.flow_autoencoder import FlowAutoencoder
+from .models.unet_3d_extdm import ExtDMUNet3DModel
+from .pipelines.pipeline_extdm import ExtDMPipeline
+from .schedulers.scheduling_extdm_ddim import ExtDMDDIMScheduler
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -318,11 +321,9 @@ def unet_state_dict_from_original(state_dict: StateDict, architecture: str, conf
     return converted
 
 
-def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) -> "ExtDMUNet3DModel":
+def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) -> ExtDMUNet3DModel:
     """An ``ExtDMUNet3DModel`` from an original ``Unet3D`` state dict, the original module name (one of
     ``ARCHITECTURE_PRESETS``) and the original ``Unet3D`` constructor arguments."""
-    from .models.unet_3d_extdm import ExtDMUNet3DModel
-
     config = unet_config_from_original(architecture, **unet_kwargs)
     model = ExtDMUNet3DModel(**config)
     converted = unet_state_dict_from_original(state_dict, architecture, config, model.rotary_emb.dim)
@@ -377,9 +378,6 @@ def pipeline_from_original(
         architecture: the original denoiser module name, e.g. ``DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada``.
         unet_kwargs: original ``Unet3D`` arguments; ``None`` means the original wrapper's (``original_unet_kwargs``).
     """
-    from .pipelines.pipeline_extdm import ExtDMPipeline
-    from .schedulers.scheduling_extdm_ddim import ExtDMDDIMScheduler
-
     diffusion_params = config.get("diffusion_params", {}).get("model_params", {})
     if diffusion_params.get("use_residual_flow"):
         raise ValueError("`use_residual_flow: True` is not supported: no released ExtDM model uses it")

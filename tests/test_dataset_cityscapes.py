@@ -59,4 +59,5 @@ def test_incomplete_snippet_and_corrupt_frame_are_named(raw, tmp_path):
     with pytest.raises(cityscapes.BuildError, match="snippet bonn_000000 has 29 frames, expected 30"):
         cityscapes.main(["--raw_dir", str(raw), "--output_dir", str(tmp_path / "o"), "--image_size", "8"])
     with pytest.raises(cityscapes.BuildError, match="must be the leftImg8bit_sequence folder"):
-        cityscapes.main(["--raw_dir", str(tmp_path), "--output_dir", str(tmp_path / "o3")])
+        (tmp_path / "empty").mkdir()
+        cityscapes.main(["--raw_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o3")])

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
 

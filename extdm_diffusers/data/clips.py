@@ -262,10 +262,10 @@ class StreamingVideoClipDataset(IterableDataset):
     """``VideoClipDataset`` for a streaming ``datasets.IterableDataset`` (e.g. UCF-101 from the Hub).
 
     Training: every video once per pass (shuffle with ``shuffle_buffer``), random
-    start; with ``num_workers > 0`` each worker reads its own shards. Evaluation:
-    the same clips as ``VideoClipDataset`` (in the same order with one worker);
-    the candidate count comes from ``num_available`` or the split info, and with
-    several workers each emits every ``num_workers``-th clip of one ordered pass.
+    start; with ``num_workers > 0`` 🤗 datasets gives each worker its own shards (so
+    the stream needs at least ``num_workers`` shards). Evaluation: the same clips as
+    ``VideoClipDataset``, in the same order, from one ordered pass (``num_workers``
+    0 or 1); the candidate count comes from ``num_available`` or the split info.
     """
 
     def __init__(
@@ -313,25 +313,26 @@ class StreamingVideoClipDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
-        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         if self.train:
             stream = self.dataset
             if self.shuffle_buffer:
-                stream = stream.shuffle(seed=self.seed + self.epoch, buffer_size=self.shuffle_buffer)
-            if num_workers > 1:
-                from datasets.distributed import split_dataset_by_node
-
-                stream = split_dataset_by_node(stream, rank=worker_id, world_size=num_workers)
+                stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+                stream.set_epoch(self.epoch)
+            # inside DataLoader workers, 🤗 datasets hands each worker its own shards by itself
             for position, example in enumerate(stream):
                 yield self._clip(example, position)
             return
-        # evaluation: one ordered pass; clip k is emitted by worker k % num_workers
+        if worker is not None and worker.num_workers > 1:
+            raise ValueError(
+                "streaming evaluation needs one ordered pass over the stream: use num_workers <= 1 (or a local copy "
+                "with VideoClipDataset)"
+            )
+        # evaluation: one ordered pass; the wanted indices are sorted, repeats give repeated clips
         wanted = self.video_indices
         clip_number, video_index = 0, -1
         for video_index, example in enumerate(self.dataset):
             while clip_number < len(wanted) and wanted[clip_number] == video_index:
-                if clip_number % num_workers == worker_id:
-                    yield self._clip(example, video_index)
+                yield self._clip(example, video_index)
                 clip_number += 1
             if clip_number == len(wanted):
                 return

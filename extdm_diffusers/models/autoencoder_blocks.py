@@ -7,7 +7,7 @@ checkpoints map onto them one to one.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -172,23 +172,6 @@ class AntiAliasDownsample2d(nn.Module):
         out = F.pad(x, (self.pad_before, self.pad_after, self.pad_before, self.pad_after))
         out = F.conv2d(out, self.weight.to(out.dtype), groups=self.groups)
         return out[:, :, :: self.stride, :: self.stride]
-
-
-def check_frames(name: str, tensor: torch.Tensor, ndim: int, channels: int, layout: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``tensor`` has ``ndim`` dims and ``channels`` channels."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(tensor).__name__}")
-    channel_dim = layout.replace(" ", "").strip("()").split(",").index("C") if "C" in layout else None
-    if tensor.ndim != ndim or (channel_dim is not None and tensor.shape[channel_dim] != channels):
-        raise ValueError(
-            f"`{name}` must have shape {layout} with C={channels}, got {tuple(tensor.shape)}"
-        )
-
-
-def same_batch(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
-    sizes = {name: t.shape[0] for name, t in zip(names, tensors)}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"batch sizes differ: {sizes}")
 
 
 __all__ = [
