@@ -188,3 +188,17 @@ def test_convert_cli_writes_a_loadable_folder_with_a_model_card(tmp_path):
         capture_output=True, text=True,
     )
     assert missing.returncode != 0 and "checkpoint not found" in missing.stderr
+
+
+def test_model_cpu_offload_hooks_give_the_same_frames(reference_pipeline_factory):
+    """The offload path (accelerate hooks on forward, encode and decode), exercised with the CPU as the
+    execution device; on a GPU machine the same hooks move each model to the GPU when it is called."""
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], output_type="pt")
+    expected = pipe(conditioning_video(t), **kwargs).frames
+    pipe.enable_model_cpu_offload(device="cpu")
+    try:
+        assert hasattr(pipe.flow_autoencoder, "_hf_hook") and hasattr(pipe.unet, "_hf_hook")
+        torch.testing.assert_close(pipe(conditioning_video(t), **kwargs).frames, expected)
+    finally:
+        pipe.remove_all_hooks()

@@ -15,6 +15,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from .background_motion_predictor import BackgroundMotionPredictor
 from .frame_generator import FrameGenerator
@@ -195,6 +196,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    @apply_forward_hook
     def encode(self, frames: torch.Tensor, reference: torch.Tensor, return_dict: bool = True):
         """Motion of every frame of ``frames`` (B, T, C, H, W) relative to ``reference`` (B, C, H, W), and the
         bottleneck features of every frame: all frames go through the networks as one batch."""
@@ -219,6 +221,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    @apply_forward_hook
     def decode(
         self,
         source: torch.Tensor,

@@ -46,7 +46,7 @@ class ExtDMPipeline(DiffusionPipeline):
     (``ExtDMDDIMScheduler``, the original sampler, or any diffusers scheduler made with ``from_config``).
     """
 
-    model_cpu_offload_seq = "flow_autoencoder->unet->flow_autoencoder"
+    model_cpu_offload_seq = "flow_autoencoder->unet"
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler):
