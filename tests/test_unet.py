@@ -129,3 +129,20 @@ def test_conversion_rejects_bad_arguments():
         unet_config_from_original("DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada", dim=16, channels=300, cond_num=2, pred_num=5)
     with pytest.raises(ValueError, match="text/class conditioning"):
         unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi", dim=16, channels=35, cond_dim=8)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_precomputed_features_give_the_same_noise(case):
+    """The pipeline prepares the feature condition once per window instead of once per denoising step."""
+    _, t, _, model = build(case)
+    with torch.no_grad():
+        prepared = model.prepare_features(t["inputs.cond_fea"], t["inputs.x"].shape[-2:])
+        direct = call(model, t).sample
+        cached = call(model, t, precomputed_features=prepared).sample
+    if model.config.condition_feature_mode == "trajectory_attention":
+        assert prepared is None  # depends on the noisy motion: nothing to precompute
+    else:
+        assert prepared.shape == (2, model.config.cond_feature_channels, t["inputs.cond_fea"].shape[2], 16, 16)
+        with pytest.raises(ValueError, match="`precomputed_features` must have shape"):
+            call(model, t, precomputed_features=prepared[:, :, :2])
+    torch.testing.assert_close(cached, direct, rtol=0, atol=0)

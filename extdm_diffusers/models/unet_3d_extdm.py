@@ -261,6 +261,29 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         if sample.shape[-2:] != cond_motion.shape[-2:]:
             raise ValueError(f"`sample` and `cond_motion` must share (h, w), got {tuple(sample.shape[-2:])} and {tuple(cond_motion.shape[-2:])}")
 
+    @staticmethod
+    def _resize_features(features: torch.Tensor, size) -> torch.Tensor:
+        """Bilinear resize of every frame of (B, C, T, h', w') features to ``size``."""
+        if tuple(features.shape[-2:]) == tuple(size):
+            return features
+        b, c, t, h, w = features.shape
+        frames = F.interpolate(features.transpose(1, 2).reshape(b * t, c, h, w), size=tuple(size), mode="bilinear")
+        return frames.view(b, t, c, *size).transpose(1, 2)
+
+    def prepare_features(
+        self, cond_features: torch.Tensor, motion_size, position_bias: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
+        """The feature condition at motion resolution ``motion_size`` (h, w), for the modes where it does not
+        depend on the noisy sample (``"none"``, ``"adaptor"``); ``None`` for ``"trajectory_attention"``."""
+        mode = self.config.condition_feature_mode
+        if mode == "trajectory_attention":
+            return None
+        if mode == "adaptor":
+            if position_bias is None:
+                position_bias = self.time_position_bias(cond_features.shape[2], cond_features.device)
+            cond_features = self.condition_temporal_attention(self.condition_adaptor(cond_features), position_bias)
+        return self._resize_features(cond_features, motion_size)
+
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(module, *args)
@@ -273,6 +296,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         cond_motion: torch.Tensor,
         cond_features: torch.Tensor,
         return_dict: bool = True,
+        precomputed_features: Optional[torch.Tensor] = None,
     ) -> Union[ExtDMUNet3DOutput, Tuple[torch.Tensor]]:
         """
         Args:
@@ -281,6 +305,9 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             cond_motion: (B, 3, num_cond_frames, h, w) motion of the observed frames (flow grid and occlusion
                 map mapped to [-1, 1]).
             cond_features: (B, F, num_feature_frames, h', w') bottleneck features; resized to (h, w) here.
+            precomputed_features: ``prepare_features(cond_features, (h, w))``, to skip that work at every
+                denoising step (the feature path does not depend on the noisy sample unless
+                ``condition_feature_mode == "trajectory_attention"``, where this is ignored).
         """
         self._check_inputs(sample, cond_motion, cond_features)
         batch, num_observed = sample.shape[0], self.num_observed
@@ -293,17 +320,17 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2)
         if self.config.motion_embedding_channels is not None:
             x = self.motion_embedding(x)
-        features = cond_features.to(x.dtype)
-        mode = self.config.condition_feature_mode
-        if mode == "trajectory_attention":
-            features = self.trajectory_attention(x[:, :, num_observed:], features)
-        elif mode == "adaptor":
-            features = self.condition_temporal_attention(self.condition_adaptor(features), position_bias)
-        if features.shape[-2:] != x.shape[-2:]:
-            b, c, t, h, w = features.shape
-            frames = features.transpose(1, 2).reshape(b * t, c, h, w)
-            frames = F.interpolate(frames, size=x.shape[-2:], mode="bilinear")
-            features = frames.view(b, t, c, *x.shape[-2:]).transpose(1, 2)
+        if self.config.condition_feature_mode == "trajectory_attention":
+            features = self.trajectory_attention(x[:, :, num_observed:], cond_features.to(x.dtype))
+            features = self._resize_features(features, x.shape[-2:])
+        elif precomputed_features is not None:
+            expected = (batch, self.config.cond_feature_channels, cond_features.shape[2], *x.shape[-2:])
+            if tuple(precomputed_features.shape) != expected:
+                raise ValueError(f"`precomputed_features` must have shape {expected} (see `prepare_features`), "
+                                 f"got {tuple(precomputed_features.shape)}")
+            features = precomputed_features.to(x.dtype)
+        else:
+            features = self.prepare_features(cond_features.to(x.dtype), x.shape[-2:], position_bias)
 
         x = self.conv_in(torch.cat([x, features], dim=1))
         initial = x

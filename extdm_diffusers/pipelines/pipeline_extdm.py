@@ -239,12 +239,14 @@ class ExtDMPipeline(DiffusionPipeline):
                 sample = sample * self.scheduler.init_noise_sigma
                 cond_motion = condition["cond_motion"].to(dtype)
                 cond_features = condition["cond_features"].to(dtype)
+                # the feature condition does not change during denoising: prepare it once per window
+                prepared = self.unet.prepare_features(cond_features, motion_size)
 
                 # 3. Denoise.
                 self.scheduler.set_timesteps(num_inference_steps, device=device)
                 for i, t in enumerate(self.scheduler.timesteps):
                     model_input = self.scheduler.scale_model_input(sample, t)
-                    noise_pred = self.unet(model_input, t, cond_motion, cond_features).sample
+                    noise_pred = self.unet(model_input, t, cond_motion, cond_features, precomputed_features=prepared).sample
                     sample = self.scheduler.step(noise_pred, t, sample, **step_kwargs).prev_sample
                     if callback_on_step_end is not None:
                         callback_kwargs = {"latents": sample}
