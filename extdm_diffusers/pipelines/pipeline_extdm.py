@@ -143,7 +143,8 @@ class ExtDMPipeline(DiffusionPipeline):
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if self.flow_autoencoder.estimates_occlusion else None
         return self.flow_autoencoder.decode(reference, motion[:, :, :2], occlusion).sample
 
-    def prepare_latents(self, batch_size, motion_size, num_chunks, dtype, device, generator, latents):
+    def check_latents(self, latents: Optional[torch.Tensor], batch_size: int, motion_size, num_chunks: int, dtype, device):
+        """User-given initial noise, for the first window or for all of them; None draws it per window."""
         shape = (batch_size, 3, self.num_pred_frames, *motion_size)
         if latents is None:
             return None
@@ -224,7 +225,7 @@ class ExtDMPipeline(DiffusionPipeline):
         condition = self.encode_condition(frames)
         condition = {k: v.repeat_interleave(num_samples_per_video, dim=0) for k, v in condition.items()}
         motion_size = tuple(condition["cond_motion"].shape[-2:])
-        latents = self.prepare_latents(batch_size, motion_size, num_chunks, dtype, device, generator, latents)
+        latents = self.check_latents(latents, batch_size, motion_size, num_chunks, dtype, device)
         step_kwargs = self._step_kwargs(generator, eta)
 
         predicted_frames, predicted_motion = [], []
