@@ -221,14 +221,14 @@ _WINDOW_ATTENTION_RULES = [
     (r"fn\.fn\.attn\.proj\.(weight|bias)", r"to_out.\1"),
     (r"fn\.fn\.attn\.relative_position_bias_table", "relative_position_bias_table"),
     (r"fn\.fn\.attn\.relative_position_index", None),  # recomputed from the window size
-    (r"fn\.fn\.attn\.rotary_emb\.freqs", "<rotary>"),
+    (r"fn\.fn\.attn\.rotary_emb\.freqs", None),  # fixed, checked in unet_state_dict_from_original
 ]
 _TEMPORAL_ATTENTION_RULES = [
     (r"fn\.norm\.gamma", "channel_norm.weight"),
     (r"fn\.fn\.fn\.norm\.(weight|bias)", r"layer_norm.\1"),
     (r"fn\.fn\.fn\.attn\.to_qkv\.weight", "to_qkv.weight"),
     (r"fn\.fn\.fn\.attn\.to_out\.weight", "to_out.weight"),
-    (r"fn\.fn\.fn\.attn\.rotary_emb\.freqs", "<rotary>"),
+    (r"fn\.fn\.fn\.attn\.rotary_emb\.freqs", None),  # fixed, checked in unet_state_dict_from_original
 ]
 _ADAPTOR_RULES = [
     (r"adaptors\.predictor\.fn\.norm\.gamma", "extrapolator.predictor_norm.weight"),
@@ -246,7 +246,7 @@ def _scoped(original_prefix: str, new_prefix: str, rules) -> List[Tuple[str, Opt
     offset = re.compile(original_prefix).groups
     scoped = []
     for pattern, replacement in rules:
-        if replacement is None or replacement == "<rotary>":
+        if replacement is None:
             scoped.append((original_prefix + pattern, replacement))
         else:
             shifted = re.sub(r"\\(\d)", lambda m: "\\" + str(int(m.group(1)) + offset), replacement)
@@ -294,31 +294,22 @@ def _unet_rename_rules(config: dict, architecture: str) -> List[Tuple[str, Optio
     return rules
 
 
-def unet_state_dict_from_original(state_dict: StateDict, architecture: str, config: dict, rotary_dim: int) -> Dict[str, torch.Tensor]:
-    rules = _unet_rename_rules(config, architecture)
-    renamed = _rename(state_dict, rules, f"{architecture} state dict")
-    expected_freqs = 1.0 / 10000 ** (torch.arange(0, rotary_dim, 2)[: rotary_dim // 2].float() / rotary_dim)
-    converted = {}
-    for key, value in renamed.items():
-        if key.endswith("<rotary>"):
-            continue
-        converted[key] = value
+def unet_state_dict_from_original(
+    state_dict: StateDict, architecture: str, config: dict, rotary_freqs: torch.Tensor
+) -> Dict[str, torch.Tensor]:
+    """Rename an original ``Unet3D`` state dict to ``ExtDMUNet3DModel``'s; ``rotary_freqs`` are the model's."""
     # The rotary frequencies are fixed, not learned: check them instead of loading them.
     for key, value in state_dict.items():
-        if key.endswith("rotary_emb.freqs") and (value.shape != expected_freqs.shape or not torch.allclose(value.float(), expected_freqs, rtol=1e-5)):
+        if key.endswith("rotary_emb.freqs") and (
+            value.shape != rotary_freqs.shape or not torch.allclose(value.float(), rotary_freqs, rtol=1e-5)
+        ):
             raise CheckpointConversionError(
-                f"{key}: rotary frequencies {value.tolist()} differ from 1/10000^(2i/{rotary_dim}); this checkpoint "
-                "used another rotary embedding setting"
+                f"{key}: rotary frequencies {value.tolist()} differ from 1/10000^(2i/{2 * len(rotary_freqs)}); this "
+                "checkpoint used another rotary embedding setting"
             )
     # Channel layer norms store their scale as (1, C, 1, 1, 1) in the original.
-    originals_with_gamma = {k for k in state_dict if k.endswith(".gamma")}
-    for original_key in originals_with_gamma:
-        for pattern, replacement in rules:
-            if replacement is not None and replacement != "<rotary>" and re.fullmatch(pattern, original_key):
-                new_key = re.sub(pattern, replacement, original_key)
-                converted[new_key] = converted[new_key].reshape(-1)
-                break
-    return converted
+    flattened = {k: v.reshape(-1) if k.endswith(".gamma") else v for k, v in state_dict.items()}
+    return _rename(flattened, _unet_rename_rules(config, architecture), f"{architecture} state dict")
 
 
 def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) -> ExtDMUNet3DModel:
@@ -326,7 +317,7 @@ def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) 
     ``ARCHITECTURE_PRESETS``) and the original ``Unet3D`` constructor arguments."""
     config = unet_config_from_original(architecture, **unet_kwargs)
     model = ExtDMUNet3DModel(**config)
-    converted = unet_state_dict_from_original(state_dict, architecture, config, model.rotary_emb.dim)
+    converted = unet_state_dict_from_original(state_dict, architecture, config, model.rotary_emb.freqs)
     _load_strict(model, converted, f"{architecture} state dict")
     return model.eval()
 
@@ -334,10 +325,9 @@ def unet_from_original(state_dict: StateDict, architecture: str, **unet_kwargs) 
 # ------------------------------------------------------------------------------------------------------------
 # Whole pipeline
 # ------------------------------------------------------------------------------------------------------------
-#: The original wrappers' ``Unet3D`` arguments (VideoFlowDiffusion_multi*.py): dim 64, dim_mults (1, 2, 4, 4),
-#: and ``channels`` = motion width + 256 feature channels.
 def original_unet_kwargs(architecture: str, config: Mapping) -> dict:
-    """The ``Unet3D`` constructor arguments the original wrapper passes for ``architecture`` and a DM config."""
+    """The ``Unet3D`` constructor arguments the original wrapper (VideoFlowDiffusion_multi*.py) passes for
+    ``architecture`` and a DM config: dim 64, dim_mults (1, 2, 4, 4), channels = motion width + 256 features."""
     if architecture not in ARCHITECTURE_PRESETS:
         raise ValueError(f"`architecture` must be one of {sorted(ARCHITECTURE_PRESETS)}, got {architecture!r}")
     train = config["dataset_params"]["train_params"]
@@ -349,15 +339,9 @@ def original_unet_kwargs(architecture: str, config: Mapping) -> dict:
     )
 
 
-_SCHEDULE_BUFFERS = {
-    "betas": "betas",
-    "alphas_cumprod": "alphas_cumprod",
-    "alphas_cumprod_prev": "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod": "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod": "sqrt_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod": "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod": "sqrt_recipm1_alphas_cumprod",
-}
+# Schedule buffers of the original GaussianDiffusion that ExtDMDDIMScheduler holds under the same names.
+_SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                     "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
 _UNCHECKED_SCHEDULE_BUFFERS = {"log_one_minus_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                                "posterior_mean_coef1", "posterior_mean_coef2"}
 
@@ -405,9 +389,9 @@ def pipeline_from_original(
         )
     scheduler = ExtDMDDIMScheduler(num_train_timesteps=len(schedule["betas"]))
     # The schedule is not learned: check that the checkpoint's is the one the scheduler computes.
-    for key, attribute in _SCHEDULE_BUFFERS.items():
+    for key in _SCHEDULE_BUFFERS:
         if key in schedule:
-            ours = getattr(scheduler, attribute)
+            ours = getattr(scheduler, key)
             if schedule[key].shape != ours.shape or not torch.allclose(schedule[key].float(), ours, rtol=1e-4, atol=1e-6):
                 raise CheckpointConversionError(
                     f"diffusion state dict: `{key}` is not the original cosine schedule that ExtDMDDIMScheduler computes"
