@@ -163,9 +163,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
             raise ValueError(f"`{name}` must have shape {layout} with C={c}, got {tuple(image.shape)}")
 
     @staticmethod
-    def _check_same(what: str, **tensors: torch.Tensor) -> None:
-        index = {"batch size": 0, "frame size": slice(-2, None)}[what]
-        values = {name: tuple(t.shape[index]) if isinstance(index, slice) else t.shape[index] for name, t in tensors.items()}
+    def _check_same(what: str, **values) -> None:
+        """Raise naming the arguments unless all ``values`` (one per argument) are equal."""
         if len(set(values.values())) > 1:
             raise ValueError(f"{what} of {', '.join(f'`{n}`' for n in values)} must match, got {values}")
 
@@ -174,8 +173,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         """Reconstruct ``driving`` (B, C, H, W) as a warp of ``source`` (B, C, H, W), images in [0, 1]."""
         self._check_image("source", source, 4)
         self._check_image("driving", driving, 4)
-        self._check_same("batch size", source=source, driving=driving)
-        self._check_same("frame size", source=source, driving=driving)
+        self._check_same("batch size", source=source.shape[0], driving=driving.shape[0])
+        self._check_same("frame size", source=tuple(source.shape[-2:]), driving=tuple(driving.shape[-2:]))
 
         source_regions = self.region_predictor(source)
         driving_regions = self.region_predictor(driving)
@@ -202,8 +201,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         bottleneck features of every frame: all frames go through the networks as one batch."""
         self._check_image("frames", frames, 5)
         self._check_image("reference", reference, 4)
-        self._check_same("batch size", frames=frames, reference=reference)
-        self._check_same("frame size", frames=frames, reference=reference)
+        self._check_same("batch size", frames=frames.shape[0], reference=reference.shape[0])
+        self._check_same("frame size", frames=tuple(frames.shape[-2:]), reference=tuple(reference.shape[-2:]))
         b, t = frames.shape[:2]
         flat = frames.reshape(b * t, *frames.shape[2:])
 
@@ -249,7 +248,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
             )
         if occlusion_map is None and self.estimates_occlusion:
             raise ValueError("`occlusion_map` is required: this autoencoder was trained with occlusion maps")
-        self._check_same("batch size", source=source, optical_flow=optical_flow)
+        self._check_same("batch size", source=source.shape[0], optical_flow=optical_flow.shape[0])
 
         t = optical_flow.shape[1] if per_frame else 1
         flow = optical_flow.reshape(-1, *optical_flow.shape[-3:]).permute(0, 2, 3, 1)
