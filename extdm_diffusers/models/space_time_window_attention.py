@@ -37,8 +37,9 @@ def merge_windows(windows: torch.Tensor, window: Size3, b: int, d: int, h: int, 
 
 
 @lru_cache(maxsize=64)
-def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3) -> torch.Tensor:
-    """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought together."""
+def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3, device: torch.device) -> torch.Tensor:
+    """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought together.
+    Cached per device, so that denoising steps do not copy it to the accelerator again."""
     labels = torch.zeros(1, d, h, w, 1)
     count = 0
     bands = [(slice(-ws), slice(-ws, -sh), slice(-sh, None)) for ws, sh in zip(window, shift)]
@@ -49,7 +50,7 @@ def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3) ->
                 count += 1
     labels = partition_windows(labels, window).squeeze(-1)
     diff = labels.unsqueeze(1) - labels.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
 
 
 def relative_position_index(window: Size3) -> torch.Tensor:
@@ -121,7 +122,7 @@ class SpaceTimeWindowAttention(nn.Module):
         mask = None
         if shifted:
             y = torch.roll(y, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = _shifted_window_mask(dp, hp, wp, window, shift).to(x.device)
+            mask = _shifted_window_mask(dp, hp, wp, window, shift, x.device)
         out = self._attend(partition_windows(y, window), b, mask)
         out = merge_windows(out, window, b, dp, hp, wp)
         if shifted:
