@@ -20,15 +20,15 @@ import time
 
 import torch
 
-from extdm_diffusers.paper_configs import PAPER_CONFIGS
+from extdm_diffusers.benchmarks import BENCHMARKS
 
 
 def run_one(name: str, device: str, dtype: torch.dtype, batch_size: int, repeats: int, steps: int) -> dict:
-    config = PAPER_CONFIGS[name]
+    config = BENCHMARKS[name]
     pipe = config.random_pipeline().to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    video = torch.rand(batch_size, config.eval_cond_frames, 3, config.frame_size, config.frame_size, device=device)
-    kwargs = dict(num_frames=config.eval_pred_frames, num_inference_steps=steps, output_type="pt",
+    video = torch.rand(batch_size, config.evaluation.cond_frames, 3, config.frame_size, config.frame_size, device=device)
+    kwargs = dict(num_frames=config.evaluation.pred_frames, num_inference_steps=steps, output_type="pt",
                   generator=torch.Generator(device).manual_seed(0))
     pipe(video, **kwargs)  # warm-up
     if device.startswith("cuda"):
@@ -47,7 +47,7 @@ def run_one(name: str, device: str, dtype: torch.dtype, batch_size: int, repeats
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
         "config": name,
-        "frames": f"{config.eval_cond_frames}->{config.eval_pred_frames} at {config.frame_size}x{config.frame_size}",
+        "frames": f"{config.evaluation.cond_frames}->{config.evaluation.pred_frames} at {config.frame_size}x{config.frame_size}",
         "batch_size": batch_size,
         "seconds_per_video": min(times) / batch_size,
         "peak_memory_mib": round(peak_mib, 1),
@@ -57,7 +57,7 @@ def run_one(name: str, device: str, dtype: torch.dtype, batch_size: int, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch_size", type=int, default=1)

@@ -74,7 +74,7 @@ def test_save_and_load_round_trip(reference, tmp_path):
     with torch.no_grad():
         a = model(t["inputs.source"], t["inputs.driving"]).prediction
         b = loaded(t["inputs.source"], t["inputs.driving"]).prediction
-    assert torch.equal(a, b)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # oneDNN picks kernels by the weights' alignment
 
 
 def test_bfloat16_runs(reference):
@@ -97,7 +97,6 @@ def test_bfloat16_runs(reference):
         (lambda m, s: m.encode(s[None], s), r"batch size of `frames`, `reference` must match"),
         (lambda m, s: m.decode(s, torch.zeros(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)), r"`optical_flow` must have shape"),
         (lambda m, s: m.decode(s, torch.zeros(2, 2, 16, 16), torch.zeros(2, 1, 8, 8)), r"`occlusion_map` must have shape \(2, 1, 16, 16\)"),
-        (lambda m, s: m.decode(s, torch.zeros(2, 2, 16, 16)), r"`occlusion_map` is required"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(reference, call, message):

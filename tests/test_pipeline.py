@@ -91,8 +91,9 @@ def test_save_load_gives_the_same_frames(reference_pipeline_factory, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.scheduler, ExtDMDDIMScheduler)
     kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], output_type="pt")
-    assert torch.equal(pipe(conditioning_video(t), **kwargs).frames, loaded(conditioning_video(t), **kwargs).frames)
-    bf16 = ExtDMPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    # not bit-equal: oneDNN picks kernels by the alignment of the (memory-mapped) weights
+    torch.testing.assert_close(pipe(conditioning_video(t), **kwargs).frames, loaded(conditioning_video(t), **kwargs).frames, rtol=0, atol=1e-5)
+    bf16 = ExtDMPipeline.from_pretrained(tmp_path, **{DTYPE_ARGUMENT: torch.bfloat16})
     bf16.set_progress_bar_config(disable=True)
     frames = bf16(conditioning_video(t), **kwargs).frames
     assert frames.dtype == torch.bfloat16 and torch.isfinite(frames).all()

@@ -48,8 +48,8 @@ def test_save_and_load_round_trip(case, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = ExtDMUNet3DModel.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(call(model, t).sample, call(loaded, t).sample)
+    with torch.no_grad():  # not bit-equal: oneDNN picks kernels by the alignment of the (memory-mapped) weights
+        torch.testing.assert_close(call(model, t).sample, call(loaded, t).sample, rtol=0, atol=1e-5)
 
 
 def test_scalar_timestep_broadcasts():
@@ -77,9 +77,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.zero_grad()
         if checkpointing:
             model.enable_gradient_checkpointing()
+            checkpointed = []
+            checkpoint = model._gradient_checkpointing_func
+            model._gradient_checkpointing_func = lambda module, *args: checkpointed.append(module) or checkpoint(module, *args)
         call(model, t).sample.square().mean().backward()
         grads.append(model.conv_in.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+    # every down, middle and up block ran under checkpointing
+    assert len(checkpointed) == 2 * len(model.down_blocks) + 1
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,11 @@
 """Video datasets for ExtDM: the shared 🤗 datasets schema and the clip loaders that training and evaluation use."""
 
 from .clips import FramePairDataset, StreamingVideoClipDataset, VideoClipDataset, load_video_dataset
-from .presets import BENCHMARKS, BenchmarkPreset, clip_dataset, frame_pair_dataset
+from .presets import clip_dataset, frame_pair_dataset
 from .sampling import ClipAugmentation, evaluation_video_indices
 from .video_schema import decode_frames, encode_frames, video_features
 
 __all__ = [
-    "BENCHMARKS",
-    "BenchmarkPreset",
     "ClipAugmentation",
     "FramePairDataset",
     "StreamingVideoClipDataset",

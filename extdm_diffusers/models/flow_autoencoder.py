@@ -129,6 +129,13 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         bg_params = _merged(DEFAULT_BG_PREDICTOR_PARAMS, bg_predictor_params)
         region_params = _merged(DEFAULT_REGION_PREDICTOR_PARAMS, region_predictor_params)
         generator_params = _merged(DEFAULT_GENERATOR_PARAMS, generator_params)
+        # Register the resolved parameters, not the partial ones given: the saved config then describes the
+        # architecture completely, whatever the defaults in code become.
+        self.register_to_config(
+            bg_predictor_params=copy.deepcopy(bg_params),
+            region_predictor_params=copy.deepcopy(region_params),
+            generator_params=copy.deepcopy(generator_params),
+        )
         flow_params = generator_params.pop("pixelwise_flow_predictor_params")
         if region_params.pop("fast_svd", False):
             logger.info("`fast_svd` is ignored: the batched 2x2 SVD runs with torch.linalg.svd, which computes the same.")
@@ -230,7 +237,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
     ):
         """Frames from motion: ``source`` (B, C, H, W) warped by ``optical_flow`` (B, 2, h, w) or (B, T, 2, h, w),
         blended with ``occlusion_map`` (B, [T,] 1, h, w) in [0, 1]. The source is encoded once for all T frames
-        (the original ``forward_with_flow``, batched)."""
+        (the original ``forward_with_flow``, batched). Without ``occlusion_map`` every level is a plain warp and
+        the frame is the warped source, as the original evaluates KTH and BAIR."""
         self._check_image("source", source, 4)
         if not isinstance(optical_flow, torch.Tensor) or optical_flow.ndim not in (4, 5) or optical_flow.shape[-3] != 2:
             shape = tuple(optical_flow.shape) if isinstance(optical_flow, torch.Tensor) else type(optical_flow).__name__
@@ -246,8 +254,6 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
                 f"`occlusion_map` must have shape {tuple(optical_flow.shape[:-3]) + (1,) + tuple(optical_flow.shape[-2:])} "
                 f"to match `optical_flow`, got {tuple(occlusion_map.shape)}"
             )
-        if occlusion_map is None and self.estimates_occlusion:
-            raise ValueError("`occlusion_map` is required: this autoencoder was trained with occlusion maps")
         self._check_same("batch size", source=source.shape[0], optical_flow=optical_flow.shape[0])
 
         t = optical_flow.shape[1] if per_frame else 1

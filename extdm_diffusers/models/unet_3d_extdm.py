@@ -17,9 +17,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
-from .distribution_adaptor import DistributionAdaptor
+from .distribution_adaptor import DistributionAdaptor, adaptor_depth
 from .space_time_window_attention import SpaceTimeWindowAttention
 from .temporal_attention import RelativePositionBias, TemporalAttention
 from .trajectory_attention import TrajectoryCrossAttention
@@ -172,12 +173,20 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             if len(flags) != num_levels:
                 raise ValueError(f"`{name}` needs one flag per level ({num_levels}), got {flags}")
 
+        init_channels = init_channels or base_channels
+        rotary_dim = rotary_dim or min(32, attention_head_dim)
+        adaptor_layers = adaptor_depth(num_observed, num_pred_frames, adaptor_layers)[0]
+        # Register what the None defaults resolve to: the saved config describes the architecture by itself.
+        self.register_to_config(
+            down_block_adaptors=down_block_adaptors, up_block_adaptors=up_block_adaptors,
+            init_channels=init_channels, rotary_dim=rotary_dim, adaptor_layers=adaptor_layers,
+        )
+
         self.num_observed = num_observed
         self.gradient_checkpointing = False
         window_size = tuple(window_size)
-        rotary = RotaryEmbedding(rotary_dim or min(32, attention_head_dim))
+        rotary = RotaryEmbedding(rotary_dim)
         self.rotary_emb = rotary
-        init_channels = init_channels or base_channels
         temb_channels = base_channels * 4
 
         def make_adaptor(channels: int) -> DistributionAdaptor:
@@ -270,6 +279,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         frames = F.interpolate(features.transpose(1, 2).reshape(b * t, c, h, w), size=tuple(size), mode="bilinear")
         return frames.view(b, t, c, *size).transpose(1, 2)
 
+    @apply_forward_hook  # moves the model where `enable_model_cpu_offload` runs it, before its first use
     def prepare_features(
         self, cond_features: torch.Tensor, motion_size, position_bias: Optional[torch.Tensor] = None
     ) -> Optional[torch.Tensor]:

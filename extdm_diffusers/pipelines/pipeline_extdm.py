@@ -3,13 +3,15 @@
 The observed frames are encoded once into motion relative to the last observed frame (the reference) and
 bottleneck features; the U-Net denoises the future motion under a diffusers scheduler; the flow
 autoencoder decodes all predicted frames in one batched call. Horizons beyond the model's window are
-rolled out chunk by chunk exactly as the original evaluation does.
+rolled out window by window exactly as the original evaluation does.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
@@ -18,11 +20,19 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
 
 from ..models.flow_autoencoder import FlowAutoencoder
 from ..models.unet_3d_extdm import ExtDMUNet3DModel
 
 VideoInput = Union[torch.Tensor, np.ndarray, List[PIL.Image.Image], List[List[PIL.Image.Image]]]
+
+#: The module ``save_pretrained`` writes beside ``model_index.json`` for diffusers' custom-pipeline route.
+PIPELINE_MODULE_FILE = "pipeline_extdm.py"
+_PIPELINE_MODULE_SOURCE = '''"""Lets `DiffusionPipeline.from_pretrained` load this folder: the pipeline lives in the extdm-diffusers package
+(pip install extdm-diffusers)."""
+from extdm_diffusers import ExtDMPipeline  # noqa: F401
+'''
 
 
 @dataclass
@@ -30,13 +40,73 @@ class ExtDMPipelineOutput(BaseOutput):
     """
     frames: the predicted future frames only, one video per input video and sample (video-major order):
         ``"pt"``: (N, num_frames, C, H, W) in [0, 1]; ``"np"``: (N, num_frames, H, W, C) float32 in [0, 1];
-        ``"pil"``: N lists of PIL images.
-    motion: with ``return_motion=True``, the predicted motion (N, num_frames, 3, h, w): flow grid x, y in
-        [-1, 1] and occlusion in [0, 1]; otherwise None.
+        ``"pil"``: N lists of PIL images; ``"latent"``: the predicted motion, as ``motion`` below.
+    motion: with ``return_motion=True`` (or ``output_type="latent"``), the predicted motion
+        (N, num_frames, 3, h, w): flow grid x, y in [-1, 1] and occlusion in [0, 1]; otherwise None.
     """
 
     frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]] = None
     motion: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MotionCondition:
+    """What the denoiser is conditioned on, for one window (see ``ExtDMPipeline.encode_condition``).
+
+    reference: (B, C, H, W) the last observed frame, which every frame is a warp of.
+    cond_motion: (B, 3, num_cond_frames, h, w) motion of the observed frames: flow grid x, y and 2·occlusion−1
+        (zeros where occlusion is not used).
+    cond_features: (B, F, num_feature_frames, h', w') bottleneck features of the observed frames but the last,
+        then the reference's repeated over the rest of the window.
+    flow, occlusion: (B, T, 2, h, w) and (B, T, 1, h, w) or None: the raw motion of all encoded frames.
+    future_motion: (B, 3, K, h, w) motion of the K frames after the observed ones, when they were given
+        (training targets); else None.
+    """
+
+    reference: torch.Tensor
+    cond_motion: torch.Tensor
+    cond_features: torch.Tensor
+    flow: torch.Tensor
+    occlusion: Optional[torch.Tensor]
+    future_motion: Optional[torch.Tensor] = None
+
+    def repeat_interleave(self, repeats: int) -> "MotionCondition":
+        def repeat(tensor):
+            return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
+
+        return MotionCondition(*(repeat(getattr(self, name)) for name in self.__dataclass_fields__))
+
+
+def encode_condition(
+    flow_autoencoder: FlowAutoencoder,
+    frames: torch.Tensor,
+    num_cond_frames: int,
+    num_feature_frames: int,
+    use_occlusion: bool = True,
+) -> MotionCondition:
+    """The denoiser's condition from ``frames`` (B, T, C, H, W): the first ``num_cond_frames`` are observed, the
+    last of them is the reference; frames after them (training clips) become ``future_motion``. All T frames go
+    through the autoencoder in one batched call. Training and sampling both build the condition here."""
+    reference = frames[:, num_cond_frames - 1]
+    encoded = flow_autoencoder.encode(frames, reference)
+    occlusion = encoded.occlusion_map if use_occlusion else None
+    if occlusion is None:  # the original conditions on zeros where it does not use occlusion
+        occlusion_channel = torch.zeros_like(encoded.optical_flow[:, :, :1])
+    else:
+        occlusion_channel = occlusion * 2 - 1
+    motion = torch.cat([encoded.optical_flow, occlusion_channel], dim=2).transpose(1, 2)
+    features = encoded.features
+    observed = features[:, : num_cond_frames - 1]
+    repeats = num_feature_frames - observed.shape[1]
+    features = torch.cat([observed, features[:, num_cond_frames - 1 : num_cond_frames].expand(-1, repeats, -1, -1, -1)], dim=1)
+    return MotionCondition(
+        reference=reference,
+        cond_motion=motion[:, :, :num_cond_frames],
+        cond_features=features.transpose(1, 2),
+        flow=encoded.optical_flow,
+        occlusion=occlusion,
+        future_motion=motion[:, :, num_cond_frames:] if frames.shape[1] > num_cond_frames else None,
+    )
 
 
 class ExtDMPipeline(DiffusionPipeline):
@@ -47,11 +117,12 @@ class ExtDMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "flow_autoencoder->unet"
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "cond_motion", "cond_features"]
 
     def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler):
         super().__init__()
         self.register_modules(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)
+        self.video_processor = VideoProcessor(do_resize=False, do_normalize=False)
 
     # ---------------------------------------------------------------------------------------------------
     @property
@@ -62,8 +133,21 @@ class ExtDMPipeline(DiffusionPipeline):
     def num_pred_frames(self) -> int:
         return self.unet.config.num_pred_frames
 
+    @property
+    def num_timesteps(self) -> int:
+        """Denoiser calls of the last ``__call__`` (all windows)."""
+        return self._num_timesteps
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs):
+        """``DiffusionPipeline.save_pretrained``, plus a one-line module that lets diffusers' generic loader find
+        this out-of-tree class: ``DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_extdm",
+        trust_remote_code=True)``. ``ExtDMPipeline.from_pretrained(folder)`` needs neither."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        Path(save_directory, PIPELINE_MODULE_FILE).write_text(_PIPELINE_MODULE_SOURCE)
+
     def preprocess_video(self, video: VideoInput) -> torch.Tensor:
         """Any accepted video input -> float tensor (B, T, C, H, W) in [0, 1] with the autoencoder's channels."""
+        channels = self.flow_autoencoder.config.num_channels
         if isinstance(video, PIL.Image.Image):
             raise ValueError("`video` must hold several frames: a list of PIL images, not a single image")
         if isinstance(video, (list, tuple)):
@@ -73,7 +157,9 @@ class ExtDMPipeline(DiffusionPipeline):
                 video = [video]
             if not all(isinstance(v, (list, tuple)) and v and all(isinstance(f, PIL.Image.Image) for f in v) for v in video):
                 raise ValueError("`video` as a list must hold PIL images (one video) or lists of PIL images (a batch)")
-            channels = self.flow_autoencoder.config.num_channels
+            sizes = sorted({f.size for v in video for f in v})
+            if len(sizes) > 1:
+                raise ValueError(f"`video` PIL images must all have the same size, got (width, height) sizes {sizes}")
             mode = "L" if channels == 1 else "RGB"
             video = np.stack([np.stack([np.asarray(f.convert(mode)) for f in v]) for v in video])
             if video.ndim == 4:
@@ -83,6 +169,11 @@ class ExtDMPipeline(DiffusionPipeline):
                 video = video[None]
             if video.ndim != 5:
                 raise ValueError(f"`video` as a numpy array must be (T, H, W, C) or (B, T, H, W, C), got shape {video.shape}")
+            if video.shape[-1] not in (1, channels) and video.shape[2] in (1, channels):
+                raise ValueError(
+                    f"`video` as a numpy array must be channels-last (B, T, H, W, C), got shape {video.shape}, which "
+                    "looks channels-first; use video.transpose(0, 1, 3, 4, 2), or pass a torch tensor (B, T, C, H, W)"
+                )
             if video.dtype == np.uint8:
                 video = torch.from_numpy(video).float() / 255.0
             elif np.issubdtype(video.dtype, np.floating):
@@ -94,13 +185,16 @@ class ExtDMPipeline(DiffusionPipeline):
             raise TypeError(f"`video` must be a torch tensor, a numpy array or PIL images, got {type(video).__name__}")
         if video.ndim != 5:
             raise ValueError(f"`video` as a tensor must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+        if video.numel() == 0:
+            raise ValueError(f"`video` is empty, got shape {tuple(video.shape)}")
         if not video.is_floating_point():
             raise ValueError(f"`video` as a tensor must be floating point in [0, 1], got {video.dtype}")
+        if not torch.isfinite(video).all():
+            raise ValueError("`video` holds NaN or infinite values; frames must be finite, in [0, 1]")
         low, high = float(video.min()), float(video.max())
         if low < 0 or high > 1:
             raise ValueError(f"`video` values must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
 
-        channels = self.flow_autoencoder.config.num_channels
         if video.shape[2] == 1 and channels == 3:
             video = video.expand(-1, -1, 3, -1, -1)  # grayscale shown as RGB, as the original datasets do
         if video.shape[2] != channels:
@@ -116,45 +210,52 @@ class ExtDMPipeline(DiffusionPipeline):
                              f"{video.shape[-2]}x{video.shape[-1]}; resize them first")
         return video
 
-    def encode_condition(self, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Motion of ``frames`` (B, cond, C, H, W) relative to the last one, and the U-Net's feature condition:
-        the features of the observed frames, then the reference's repeated for the rest of the window."""
-        reference = frames[:, -1]
-        encoded = self.flow_autoencoder.encode(frames, reference)
-        occlusion = encoded.occlusion_map
-        if occlusion is None:  # the original conditions on zeros where no occlusion is estimated
-            occlusion = torch.full_like(encoded.optical_flow[:, :, :1], 0.5)
-        motion = torch.cat([encoded.optical_flow, occlusion * 2 - 1], dim=2)
-        features = encoded.features
-        observed = features[:, : self.num_cond_frames - 1]
-        repeats = self.unet.num_feature_frames - observed.shape[1]
-        features = torch.cat([observed, features[:, -1:].expand(-1, repeats, -1, -1, -1)], dim=1)
-        return {
-            "reference": reference,
-            "cond_motion": motion.transpose(1, 2),
-            "cond_features": features.transpose(1, 2),
-            "flow": encoded.optical_flow,
-            "occlusion": occlusion,
-        }
+    def check_inputs(self, num_frames, num_samples_per_video, eta, output_type, generator, batch_size,
+                     callback_on_step_end, callback_on_step_end_tensor_inputs) -> None:
+        if output_type not in ("pt", "np", "pil", "latent"):
+            raise ValueError(f"`output_type` must be 'pt', 'np', 'pil' or 'latent', got {output_type!r}")
+        for name, value in (("num_frames", num_frames), ("num_samples_per_video", num_samples_per_video)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"`{name}` must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}")
+        if not eta >= 0:
+            raise ValueError(f"`eta` must be >= 0 (0: deterministic DDIM, 1: the original's sampling), got {eta}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` as a list needs one generator per predicted video, B x num_samples_per_video = "
+                f"{batch_size}, got {len(generator)}"
+            )
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown)}")
 
-    def decode_motion(self, reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-        """Frames (B, T, C, H, W) from predicted motion (B, 3, T, h, w) in one batched decoder call."""
+    def encode_condition(self, frames: torch.Tensor, use_occlusion: bool = True) -> MotionCondition:
+        """The denoiser's condition from ``frames`` (B, num_cond_frames [+ K], C, H, W); see ``encode_condition``."""
+        return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion)
+
+    def decode_motion(self, reference: torch.Tensor, motion: torch.Tensor, use_occlusion: bool = True) -> torch.Tensor:
+        """Frames (B, T, C, H, W) from predicted motion (B, 3, T, h, w) in one batched decoder call; without
+        occlusion the frames are plain warps of the reference, as the original evaluation of KTH and BAIR."""
         motion = motion.transpose(1, 2)
-        occlusion = (motion[:, :, 2:3] + 1) * 0.5 if self.flow_autoencoder.estimates_occlusion else None
+        occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
         return self.flow_autoencoder.decode(reference, motion[:, :, :2], occlusion).sample
 
-    def check_latents(self, latents: Optional[torch.Tensor], batch_size: int, motion_size, num_chunks: int, dtype, device):
+    def check_latents(self, latents: Optional[torch.Tensor], batch_size: int, motion_size, num_windows: int, dtype, device):
         """User-given initial noise, for the first window or for all of them; None draws it per window."""
         shape = (batch_size, 3, self.num_pred_frames, *motion_size)
         if latents is None:
             return None
-        allowed = [shape, shape[:2] + (self.num_pred_frames * num_chunks,) + shape[3:]]
+        allowed = [shape, shape[:2] + (self.num_pred_frames * num_windows,) + shape[3:]]
         if tuple(latents.shape) not in allowed:
-            raise ValueError(f"`latents` must have shape {allowed[0]} (first chunk) or {allowed[1]} (every chunk), "
+            raise ValueError(f"`latents` must have shape {allowed[0]} (first window) or {allowed[1]} (every window), "
                              f"got {tuple(latents.shape)}")
         return latents.to(device=device, dtype=dtype)
 
-    def _step_kwargs(self, generator, eta: float) -> dict:
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+        """``eta`` and ``generator`` for schedulers whose ``step`` takes them."""
         parameters = set(inspect.signature(self.scheduler.step).parameters)
         kwargs = {}
         if "eta" in parameters:
@@ -174,6 +275,7 @@ class ExtDMPipeline(DiffusionPipeline):
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         num_samples_per_video: int = 1,
+        use_occlusion: Optional[bool] = None,
         output_type: str = "np",
         return_dict: bool = True,
         return_motion: bool = False,
@@ -192,99 +294,123 @@ class ExtDMPipeline(DiffusionPipeline):
                 decoded so far, as the original evaluation does.
             num_inference_steps: denoising steps per window.
             eta: DDIM noise (the original samples with 1.0; 0.0 is deterministic). Ignored by schedulers without it.
-            generator: torch generator(s) for reproducible sampling.
+            generator: torch generator, or one per predicted video (B x ``num_samples_per_video``).
             latents: initial noise (N, 3, num_pred_frames, h, w) for the first window, or
                 (N, 3, num_windows * num_pred_frames, h, w) for all, N = B * num_samples_per_video; other windows draw
                 noise from ``generator``.
             num_samples_per_video: independent predictions per input video.
-            output_type: ``"pt"``, ``"np"`` or ``"pil"``.
+            use_occlusion: condition on and decode with the autoencoder's occlusion maps. ``None``: when the
+                autoencoder estimates them. The original evaluation turns them off for KTH and BAIR (zeros in the
+                condition, plain warps of the reference in the decoder); ``benchmarks.get_benchmark(name)
+                .evaluation.use_occlusion`` says which.
+            output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"`` (the predicted motion, not decoded).
             return_motion: also return the predicted motion.
-            callback_on_step_end: called as ``callback(pipe, step, timestep, {"latents": ...})`` after every
-                denoising step; a returned ``"latents"`` replaces the current one.
+            callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after every
+                denoising step (``step`` counts over all windows); it returns a dict, whose ``"latents"`` replaces
+                the current sample.
+            callback_on_step_end_tensor_inputs: the tensors in ``callback_kwargs``: any of ``"latents"``,
+                ``"cond_motion"``, ``"cond_features"``.
         """
-        if output_type not in ("pt", "np", "pil"):
-            raise ValueError(f"`output_type` must be 'pt', 'np' or 'pil', got {output_type!r}")
-        if num_samples_per_video < 1:
-            raise ValueError(f"`num_samples_per_video` must be >= 1, got {num_samples_per_video}")
-        if num_frames is None:
-            num_frames = self.num_pred_frames
-        if num_frames < 1:
-            raise ValueError(f"`num_frames` must be >= 1, got {num_frames}")
-        unknown_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown_inputs:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown_inputs)}")
+        # 0. Check the inputs.
+        num_frames = self.num_pred_frames if num_frames is None else num_frames
+        frames = self.preprocess_video(video)
+        batch_size = frames.shape[0] * num_samples_per_video if isinstance(num_samples_per_video, int) else 0
+        self.check_inputs(num_frames, num_samples_per_video, eta, output_type, generator, batch_size,
+                          callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if use_occlusion is None:
+            use_occlusion = self.flow_autoencoder.estimates_occlusion
+        elif use_occlusion and not self.flow_autoencoder.estimates_occlusion:
+            raise ValueError("`use_occlusion=True` needs an autoencoder that estimates occlusion maps; this one does not")
 
         device = self._execution_device
         dtype = self.unet.dtype
-        frames = self.preprocess_video(video).to(device=device, dtype=self.flow_autoencoder.dtype)
-        batch_size = frames.shape[0] * num_samples_per_video
+        frames = frames.to(device=device, dtype=self.flow_autoencoder.dtype)
         cond, pred = self.num_cond_frames, self.num_pred_frames
-        num_chunks = -(-num_frames // pred)
+        num_windows = -(-num_frames // pred)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+        self._num_timesteps = len(timesteps) * num_windows
 
         # 1. Encode the observed frames once per video, then share the condition among its samples.
-        condition = self.encode_condition(frames)
-        condition = {k: v.repeat_interleave(num_samples_per_video, dim=0) for k, v in condition.items()}
-        motion_size = tuple(condition["cond_motion"].shape[-2:])
-        latents = self.check_latents(latents, batch_size, motion_size, num_chunks, dtype, device)
-        step_kwargs = self._step_kwargs(generator, eta)
+        condition = self.encode_condition(frames, use_occlusion).repeat_interleave(num_samples_per_video)
+        motion_size = tuple(condition.cond_motion.shape[-2:])
+        latents = self.check_latents(latents, batch_size, motion_size, num_windows, dtype, device)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         predicted_frames, predicted_motion = [], []
-        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
-            for chunk in range(num_chunks):
+        with self.progress_bar(total=num_windows * num_inference_steps) as progress_bar:
+            for window in range(num_windows):
                 # 2. Initial noise of this window.
-                given = None
-                if latents is not None and (chunk == 0 or latents.shape[2] > pred):
-                    given = latents[:, :, chunk * pred : (chunk + 1) * pred]
-                noise_shape = (batch_size, 3, pred, *motion_size)
-                sample = given if given is not None else randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
+                if latents is not None and (window == 0 or latents.shape[2] > pred):
+                    sample = latents[:, :, window * pred : (window + 1) * pred]
+                else:
+                    sample = randn_tensor((batch_size, 3, pred, *motion_size), generator=generator, device=device, dtype=dtype)
                 sample = sample * self.scheduler.init_noise_sigma
-                cond_motion = condition["cond_motion"].to(dtype)
-                cond_features = condition["cond_features"].to(dtype)
+                cond_motion = condition.cond_motion.to(dtype)
+                cond_features = condition.cond_features.to(dtype)
                 # the feature condition does not change during denoising: prepare it once per window
                 prepared = self.unet.prepare_features(cond_features, motion_size)
 
                 # 3. Denoise.
-                self.scheduler.set_timesteps(num_inference_steps, device=device)
-                for i, t in enumerate(self.scheduler.timesteps):
+                if window > 0:
+                    self.scheduler.set_timesteps(num_inference_steps, device=device)  # multistep solvers keep state
+                for i, t in enumerate(timesteps):
                     model_input = self.scheduler.scale_model_input(sample, t)
                     noise_pred = self.unet(model_input, t, cond_motion, cond_features, precomputed_features=prepared).sample
-                    sample = self.scheduler.step(noise_pred, t, sample, **step_kwargs).prev_sample
+                    sample = self.scheduler.step(noise_pred, t, sample, **extra_step_kwargs).prev_sample
+                    if not torch.isfinite(sample).all():
+                        raise FloatingPointError(
+                            f"the denoised motion became NaN or infinite in window {window + 1}/{num_windows} at step "
+                            f"{i + 1}/{len(timesteps)} (timestep {int(t)}) with {type(self.scheduler).__name__}"
+                        )
                     if callback_on_step_end is not None:
-                        callback_kwargs = {"latents": sample}
-                        callback_outputs = callback_on_step_end(self, chunk * num_inference_steps + i, t, callback_kwargs)
+                        callback_kwargs = {"latents": sample, "cond_motion": cond_motion, "cond_features": cond_features}
+                        callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, window * len(timesteps) + i, t, callback_kwargs)
+                        if not isinstance(callback_outputs, dict):
+                            raise TypeError(
+                                "`callback_on_step_end` must return a dict (e.g. `callback_kwargs`, or {} to change "
+                                f"nothing), got {type(callback_outputs).__name__}"
+                            )
                         sample = callback_outputs.pop("latents", sample)
-                    progress_bar.update()
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                        progress_bar.update()
 
-                # 4. Decode the window in one batched call.
-                sample = sample.to(self.flow_autoencoder.dtype)
-                decoded = self.decode_motion(condition["reference"], sample)
+                # 4. The original's sampler ends on a thresholded x0 in [-1, 1]; keep every scheduler's motion there
+                # so that decoding and re-encoding never see grids far outside the frame.
+                sample = sample.clamp(-1, 1)
+                motion = sample.transpose(1, 2)
+                if return_motion or output_type == "latent":
+                    predicted_motion.append(torch.cat([motion[:, :, :2], (motion[:, :, 2:] + 1) * 0.5], dim=2))
+                last_window = window + 1 == num_windows
+                if output_type == "latent" and last_window:
+                    break
+                decoded = self.decode_motion(condition.reference, sample.to(self.flow_autoencoder.dtype), use_occlusion)
                 predicted_frames.append(decoded)
-                if return_motion:
-                    motion = sample.transpose(1, 2).clone()
-                    motion[:, :, 2] = (motion[:, :, 2] + 1) * 0.5
-                    predicted_motion.append(motion)
 
                 # 5. Next window: condition on the last `cond` frames of [decoded observed frames, predicted].
-                if chunk + 1 < num_chunks:
+                if not last_window:
                     if pred >= cond:
                         next_frames = decoded[:, -cond:]
                     else:
-                        occlusion = condition["occlusion"][:, pred - cond :] if self.flow_autoencoder.estimates_occlusion else None
+                        occlusion = condition.occlusion[:, pred - cond :] if use_occlusion else None
                         reconstructed = self.flow_autoencoder.decode(
-                            condition["reference"], condition["flow"][:, pred - cond :], occlusion
+                            condition.reference, condition.flow[:, pred - cond :], occlusion
                         ).sample
                         next_frames = torch.cat([reconstructed, decoded], dim=1)
-                    condition = self.encode_condition(next_frames)
+                    condition = self.encode_condition(next_frames, use_occlusion)
 
-        video_out = torch.cat(predicted_frames, dim=1)[:, :num_frames].clamp(0, 1)
-        motion_out = torch.cat(predicted_motion, dim=1)[:, :num_frames] if return_motion else None
+        motion_out = torch.cat(predicted_motion, dim=1)[:, :num_frames] if predicted_motion else None
         self.maybe_free_model_hooks()
 
-        if output_type == "np":
-            video_out = video_out.permute(0, 1, 3, 4, 2).float().cpu().numpy()
-        elif output_type == "pil":
-            arrays = (video_out.permute(0, 1, 3, 4, 2).float().cpu().numpy() * 255).round().astype(np.uint8)
-            video_out = [[PIL.Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in v] for v in arrays]
+        if output_type == "latent":
+            video_out = motion_out
+        else:
+            video_out = torch.cat(predicted_frames, dim=1)[:, :num_frames].clamp(0, 1)
+            if output_type != "pt":
+                video_out = video_out.float()
+            video_out = self.video_processor.postprocess_video(video_out.transpose(1, 2), output_type=output_type)
         if not return_dict:
             return (video_out, motion_out)
         return ExtDMPipelineOutput(frames=video_out, motion=motion_out)

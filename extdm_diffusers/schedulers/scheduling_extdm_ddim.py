@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -61,6 +61,9 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1e9,
         clip_sample: bool = False,
     ):
+        # Every field here defines the ExtDM schedule: none is a "default" that another scheduler's
+        # `from_config` may replace with its own (diffusers drops the fields listed in `_use_default_values`).
+        self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k != "_use_default_values"})
         if beta_schedule != "squaredcos_cap_v2":
             raise ValueError(f"ExtDMDDIMScheduler implements the original cosine schedule only ('squaredcos_cap_v2'), got {beta_schedule!r}")
         if prediction_type != "epsilon":
