@@ -240,7 +240,9 @@ class EquivarianceTransform:
 
     def warp_image(self, image: torch.Tensor) -> torch.Tensor:
         """Sample ``image`` (B, C, H, W) at T(grid): reflection padding, ``align_corners=False`` (the original,
-        which relied on the torch 1.13 default)."""
+        which relied on the torch 1.13 default). The grid runs from -1 to 1 at the corner pixels' centres while
+        ``align_corners=False`` puts -1 at their outer edges, so even the identity transform shrinks the image by
+        one pixel overall (blurring it slightly); the original trained that way."""
         b, _, h, w = image.shape
         grid = make_coordinate_grid(h, w, device=image.device, dtype=image.dtype).reshape(1, h * w, 2)
         grid = self.warp_coordinates(grid).reshape(b, h, w, 2)
@@ -269,7 +271,8 @@ class FlowAutoencoderLoss(nn.Module):
         perceptual_loss: ``"vgg19"`` (the original) or ``"none"``: an L1 loss between the pyramids' pixels
             instead, ``pixel_weight`` per level (for machines without VGG weights; not the paper's objective).
         perceptual_weights: one weight per VGG layer (relu1_1 ... relu5_1); the original's 10 each.
-        vgg_weights: see ``VGG19PerceptualFeatures`` (ignored with ``perceptual_loss="none"``).
+        vgg_weights: ``weights`` of ``VGG19PerceptualFeatures``, or a built ``VGG19PerceptualFeatures`` (ignored
+            with ``perceptual_loss="none"``).
         pixel_weight: weight of each pyramid level's pixel L1 with ``perceptual_loss="none"``.
         equivariance_shift_weight, equivariance_affine_weight: 0 switches a term off (the original's 10 each).
         sigma_affine, sigma_tps, points_tps: the random transform (``transform_params``).
@@ -284,7 +287,7 @@ class FlowAutoencoderLoss(nn.Module):
         scales: Sequence[float] = DEFAULT_SCALES,
         perceptual_loss: str = "vgg19",
         perceptual_weights: Sequence[float] = DEFAULT_PERCEPTUAL_WEIGHTS,
-        vgg_weights: Union[str, os.PathLike, None] = "imagenet",
+        vgg_weights: Union[str, os.PathLike, None, VGG19PerceptualFeatures] = "imagenet",
         pixel_weight: float = DEFAULT_PIXEL_WEIGHT,
         equivariance_shift_weight: float = DEFAULT_EQUIVARIANCE_WEIGHT,
         equivariance_affine_weight: float = DEFAULT_EQUIVARIANCE_WEIGHT,
@@ -304,7 +307,12 @@ class FlowAutoencoderLoss(nn.Module):
         self.pixel_weight = float(pixel_weight)
         # The original builds VGG only when some perceptual weight is non-zero.
         use_vgg = perceptual_loss == "vgg19" and any(self.perceptual_weights)
-        self.vgg = VGG19PerceptualFeatures(vgg_weights) if use_vgg else None
+        if not use_vgg:
+            self.vgg = None
+        elif isinstance(vgg_weights, VGG19PerceptualFeatures):
+            self.vgg = vgg_weights  # already built (e.g. shared between several losses)
+        else:
+            self.vgg = VGG19PerceptualFeatures(vgg_weights)
         self.equivariance_shift_weight = float(equivariance_shift_weight)
         self.equivariance_affine_weight = float(equivariance_affine_weight)
         self.sigma_affine = sigma_affine
@@ -345,6 +353,8 @@ class FlowAutoencoderLoss(nn.Module):
         ``transform``: the equivariance warp (default: drawn with ``generator``). ``return_output``: also return
         the autoencoder's ``FlowAutoencoderOutput`` (for logging), as ``(losses, output)``.
         """
+        if transform is not None and transform.theta.shape[0] != driving.shape[0]:
+            raise ValueError(f"`transform` is for batch size {transform.theta.shape[0]}, `driving` has {driving.shape[0]}")
         output = autoencoder(source, driving)
         losses: Dict[str, torch.Tensor] = {}
         if self.perceptual_loss == "none":
@@ -355,8 +365,6 @@ class FlowAutoencoderLoss(nn.Module):
         if self.equivariance_shift_weight or self.equivariance_affine_weight:
             if transform is None:
                 transform = self.sample_transform(driving.shape[0], generator, driving.device, driving.dtype)
-            elif transform.theta.shape[0] != driving.shape[0]:
-                raise ValueError(f"`transform` is for batch size {transform.theta.shape[0]}, `driving` has {driving.shape[0]}")
             driving_regions = output.driving_region_params
             transformed_regions = autoencoder.region_predictor(transform.warp_image(driving))
             if self.equivariance_shift_weight:
