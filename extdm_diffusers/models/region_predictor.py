@@ -43,10 +43,12 @@ def covariance_square_root(covar: torch.Tensor):
     """U, D and U @ sqrt(D) of symmetric 2x2 covariances (B, K, 2, 2).
 
     The SVD runs on the CPU in float32, as in the original: LAPACK fixes the signs of the singular vectors
-    that trained checkpoints depend on, and a batch of 2x2 matrices costs nothing there.
+    that trained checkpoints depend on, and a batch of 2x2 matrices costs nothing there. It stays differentiable,
+    as the original's ``torch.svd``: in training, the equivariance and reconstruction losses reach the region
+    predictor through the affine shapes.
     """
     shape = covar.shape
-    u, s, _ = torch.linalg.svd(covar.reshape(-1, 2, 2).detach().float().cpu())
+    u, s, _ = torch.linalg.svd(covar.reshape(-1, 2, 2).float().cpu())
     u = u.to(device=covar.device, dtype=covar.dtype)
     d = torch.diag_embed(s.to(device=covar.device, dtype=covar.dtype) ** 0.5)
     return u, d, (u @ d).view(shape)
