@@ -112,6 +112,10 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ssim_map.mean(dim=(-2, -1)).reshape(*lead, t, c).mean(dim=-1)
 
 
+# indices of the convolutions in torchvision's `alexnet().features` (the only layers with weights)
+_ALEXNET_CONVS = (0, 3, 6, 8, 10)
+
+
 class LPIPS(torch.nn.Module):
     """Per-frame LPIPS as the original computes it: ``lpips.LPIPS(net='alex', spatial=True)``, then the mean of
     the spatial distance map.
@@ -135,26 +139,28 @@ class LPIPS(torch.nn.Module):
         import lpips
 
         random_backbone = backbone_weights is not None or not pretrained_backbone
+        backbone_state = None if backbone_weights is None else self._read_backbone(backbone_weights)
         with warnings.catch_warnings():
             # lpips still calls torchvision's deprecated `alexnet(pretrained=...)`
             warnings.simplefilter("ignore", UserWarning)
             self.net = lpips.LPIPS(net="alex", spatial=True, pnet_rand=random_backbone, verbose=False)
-        if backbone_weights is not None:
-            self._load_backbone(backbone_weights)
+        if backbone_state is not None:
+            # lpips splits torchvision's `features` Sequential into slice1..slice5 but keeps each layer's index,
+            # so "slice2.3.weight" is torchvision's "features.3.weight".
+            backbone = self.net.net
+            backbone.load_state_dict({key: backbone_state["features." + key.split(".", 1)[1]] for key in backbone.state_dict()})
         self.net.requires_grad_(False)
         self.batch_size = batch_size
         self.train(False)
 
-    def _load_backbone(self, path: str | os.PathLike) -> None:
-        # lpips splits torchvision's `features` Sequential into slice1..slice5 but keeps each layer's index,
-        # so "slice2.3.weight" is torchvision's "features.3.weight".
+    @staticmethod
+    def _read_backbone(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+        # read and check the file before building the network, so a wrong file fails fast
         state = torch.load(path, map_location="cpu", weights_only=True)
-        backbone = self.net.net
-        wanted = {key: "features." + key.split(".", 1)[1] for key in backbone.state_dict()}
-        missing = [src for src in wanted.values() if src not in state]
+        missing = [f"features.{i}.{p}" for i in _ALEXNET_CONVS for p in ("weight", "bias") if f"features.{i}.{p}" not in state]
         if missing:
             raise ValueError(f"`backbone_weights` is not a torchvision AlexNet state dict: missing {missing}")
-        backbone.load_state_dict({key: state[src] for key, src in wanted.items()})
+        return state
 
     def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)
@@ -185,7 +191,9 @@ I3D_TORCHSCRIPT_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript
 def _download_i3d() -> Path:
     from huggingface_hub import cached_assets_path, constants
 
-    target = cached_assets_path(library_name="extdm_diffusers", namespace="stylegan-v", subfolder="i3d") / "i3d_torchscript.pt"
+    # constants are read at call time so HF_ASSETS_CACHE / HF_HUB_OFFLINE set after import still count
+    folder = cached_assets_path("extdm_diffusers", "stylegan-v", "i3d", assets_dir=constants.HF_ASSETS_CACHE)
+    target = folder / "i3d_torchscript.pt"
     if target.exists():
         return target
     hint = f"download {I3D_TORCHSCRIPT_URL} by hand and pass its path: I3DFeatureExtractor(path)"
@@ -222,7 +230,10 @@ class I3DFeatureExtractor(torch.nn.Module):
     def __init__(self, path: str | os.PathLike | None = None):
         super().__init__()
         path = _download_i3d() if path is None else Path(path)
-        self.detector = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript in favour of torch.export, but the detector only exists as TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.detector = torch.jit.load(str(path), map_location="cpu").eval()
         self.train(False)
 
     def train(self, mode: bool = True) -> I3DFeatureExtractor:
