@@ -218,8 +218,8 @@ class I3DFeatureExtractor(torch.nn.Module):
     ``path``: a local copy of the detector; ``None`` downloads it once into the Hugging Face assets cache
     (``huggingface_hub.cached_assets_path``). Move the detector with ``.to(device)``; inputs go to its device.
 
-    Calling it on videos ``(N, T, C, H, W)`` with values in [0, 1] (C = 1 or 3) returns ``(N, 400)`` float32
-    features on the CPU. Each frame is resized bilinearly (``align_corners=False``) so its short side is 224,
+    Calling it on videos ``(N, T, C, H, W)`` with values in [0, 1] (C = 1 or 3) returns ``(N, 400)`` features
+    on the CPU (float32 for the released detector). Each frame is resized bilinearly (``align_corners=False``) so its short side is 224,
     centre-cropped to 224x224 and mapped to [-1, 1]; 1-channel frames are repeated to 3 channels; the
     detector sees ``(N, 3, T, 224, 224)`` with ``rescale=False, resize=False, return_features=True``.
     ``batch_size`` videos go through the detector at once (the original used 10).
@@ -245,6 +245,12 @@ class I3DFeatureExtractor(torch.nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.detector.parameters():
+            return tensor.dtype
+        return torch.float32
+
     def preprocess(self, videos: torch.Tensor) -> torch.Tensor:
         """``(N, T, C, H, W)`` in [0, 1] -> the detector's input ``(N, 3, T, 224, 224)`` in [-1, 1]."""
         n, t, c, h, w = videos.shape
@@ -269,10 +275,10 @@ class I3DFeatureExtractor(torch.nn.Module):
             raise ValueError(f"`videos` must have 1 or 3 channels, got {videos.shape[2]}")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be positive, got {batch_size}")
-        device = self.device
+        device, dtype = self.device, self.dtype
         feats = [
             self.detector(
-                self.preprocess(videos[i : i + batch_size].to(device=device, dtype=torch.float32)),
+                self.preprocess(videos[i : i + batch_size].to(device=device, dtype=dtype)),
                 rescale=False,
                 resize=False,
                 return_features=True,

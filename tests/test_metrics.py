@@ -54,8 +54,8 @@ def test_psnr_ssim_leading_dims_and_dtypes(reference):
     torch.testing.assert_close(flat, psnr(pred, target).flatten())
     extra = ssim(pred[None], target[None])  # (1, N, T, C, H, W) -> (1, N, T)
     torch.testing.assert_close(extra[0], ssim(pred, target))
-    half = ssim(pred.double(), target.double())
-    torch.testing.assert_close(half, ssim(pred, target))
+    from_double = ssim(pred.double(), target.double())
+    torch.testing.assert_close(from_double, ssim(pred, target))
     assert torch.all(ssim(pred, pred) == 1)
 
 
@@ -90,7 +90,7 @@ def reference_lpips(random_lpips):
     return net
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 3, 32, 32), (1, 2, 1, 32, 40)])
+@pytest.mark.parametrize("shape", [(1, 3, 3, 32, 32), (1, 2, 1, 32, 40)])
 def test_lpips_matches_lpips_package_per_frame(random_lpips, reference_lpips, shape):
     pred, target = torch.rand(shape), torch.rand(shape)
     with torch.no_grad():
@@ -102,9 +102,9 @@ def test_lpips_matches_lpips_package_per_frame(random_lpips, reference_lpips, sh
 
 
 def test_lpips_batch_size_and_eval_mode(random_lpips):
-    pred, target = torch.rand(2, 3, 3, 32, 32), torch.rand(2, 3, 3, 32, 32)
+    pred, target = torch.rand(1, 3, 3, 32, 32), torch.rand(1, 3, 3, 32, 32)
     full = random_lpips(pred, target)
-    random_lpips.batch_size = 4
+    random_lpips.batch_size = 2
     try:
         torch.testing.assert_close(random_lpips(pred, target), full, rtol=1e-6, atol=1e-6)
     finally:
