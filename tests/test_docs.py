@@ -27,3 +27,31 @@ def test_pipeline_md_prediction_example_runs(reference_pipeline_factory, tmp_pat
     exec(compile(python_blocks("pipeline.md")[0], "docs/pipeline.md", "exec"), scope)
     assert scope["out"].frames.shape == (1, 40, 32, 32, 3)
     assert iio.imread("prediction.mp4").shape[0] == 40  # (the container reports no frame count)
+
+
+def test_evaluation_md_metrics_example_runs(tmp_path, monkeypatch):
+    import torch
+
+    class StandInI3D(torch.nn.Module):  # the StyleGAN-V detector's call signature, 400 features
+        def forward(self, x: torch.Tensor, rescale: bool, resize: bool, return_features: bool) -> torch.Tensor:
+            return x.mean(dim=(2, 3, 4)).repeat(1, 134)[:, :400] + torch.linspace(0, 1, 400)
+
+    monkeypatch.chdir(tmp_path)
+    torch.jit.save(torch.jit.script(StandInI3D()), "i3d_torchscript.pt")
+    # random weights in the layout of torchvision's AlexNet `features` (the example reads a local file)
+    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
+    state = {}
+    for i, shape in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(shape) * 0.05
+        state[f"features.{i}.bias"] = torch.zeros(shape[0])
+    torch.save(state, "alexnet.pth")
+
+    text = (DOCS / "evaluation.md").read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    scope = {}
+    for block in blocks:
+        exec(compile(block, "docs/evaluation.md", "exec"), scope)
+    assert scope["psnr"](scope["pred"], scope["target"]).shape == (4, 10)
+    assert isinstance(scope["fvd"], float)
