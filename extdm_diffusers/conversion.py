@@ -28,12 +28,32 @@ def _listing(keys: List[str], limit: int = 12) -> str:
     return f"[{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}]"
 
 
+#: Which original ``Unet3D`` constructor argument sets the shape of a parameter (our names), to say what to fix.
+_UNET_SHAPE_ARGUMENTS = [
+    (r"conv_in\.", "`channels` (motion + feature channels) or `init_dim`"),
+    (r"time_embedding\.|time_proj", "`dim`"),
+    (r".*relative_position_bias_table", "`window_size`"),
+    (r"time_position_bias\.", "`attn_heads`"),
+    (r".*(to_qkv|to_out)\.", "`attn_heads` / `attn_dim_head`"),
+    (r".*(adaptor|temporal_modulator|extrapolator)", "`cond_num` / `pred_num` (or `l`, the adaptor layers)"),
+    (r"(down_blocks|up_blocks|mid_block|downsamplers|upsamplers)\.", "`dim` / `dim_mults`"),
+]
+
+
+def _shape_hint(key: str) -> str:
+    for pattern, argument in _UNET_SHAPE_ARGUMENTS:
+        if re.match(pattern, key):
+            return f" (set the original Unet3D argument {argument})"
+    return ""
+
+
 def _load_strict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
     expected = model.state_dict()
     unknown = sorted(set(state_dict) - set(expected))
     missing = sorted(set(expected) - set(state_dict))
     mis_shaped = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        + (_shape_hint(k) if isinstance(model, ExtDMUNet3DModel) else "")
         for k in set(state_dict) & set(expected)
         if state_dict[k].shape != expected[k].shape
     )
@@ -339,6 +359,53 @@ def original_unet_kwargs(architecture: str, config: Mapping) -> dict:
     )
 
 
+def infer_unet_from_original(state_dict: StateDict) -> Tuple[str, dict]:
+    """The original denoiser module and ``Unet3D`` arguments that a state dict was made with, read from its keys
+    and shapes: the released checkpoints carry no architecture label. Returns ``(architecture, unet_kwargs)``;
+    ``resnet_groups`` (shape-free) keeps the original default, 8."""
+
+    def shape(key: str) -> Tuple[int, ...]:
+        if key not in state_dict:
+            raise CheckpointConversionError(f"cannot infer the architecture: the denoiser state dict lacks {key!r}")
+        return tuple(state_dict[key].shape)
+
+    keys = set(state_dict)
+    if any(re.match(r"downs\.\d+\.6\.", k) for k in keys):
+        architecture = _TRAJ_ADA_U22  # grouped blocks: temporal attention at 5, the sampler at 6
+    elif any(k.startswith("init_traj.") for k in keys):
+        architecture = _TRAJ_U12
+    elif any(k.startswith("cond_adaptor.") for k in keys):
+        architecture = _TRAJ_ADA
+    else:
+        architecture = _WO_REF
+    init_dim, channels, _, _, kernel = shape("init_conv.weight")
+    dim = shape("time_mlp.1.weight")[1]
+    levels = sorted({int(m.group(1)) for k in keys if (m := re.match(r"downs\.(\d+)\.0\.block1\.proj\.weight", k))})
+    dim_mults = tuple(shape(f"downs.{i}.0.block1.proj.weight")[0] // dim for i in levels)
+    heads = shape("time_rel_pos_bias.relative_attention_bias.weight")[1]
+    dim_head = shape("init_temporal_attn.fn.fn.fn.attn.to_qkv.weight")[0] // (3 * heads)
+    # window (d, s, s): d*s*s positions, (2d-1)(2s-1)^2 relative offsets
+    positions = shape("downs.0.1.fn.fn.attn.relative_position_index")[0]
+    offsets = shape("downs.0.1.fn.fn.attn.relative_position_bias_table")[0]
+    windows = [(d, w, w) for d in range(1, 17) for w in range(1, 33) if d * w * w == positions and (2 * d - 1) * (2 * w - 1) ** 2 == offsets]
+    if len(windows) != 1:
+        raise CheckpointConversionError(f"cannot infer `window_size` from {positions} positions and {offsets} offsets")
+    mid_channels = dim * dim_mults[-1]
+    modulated_out, modulated_in = shape("mid_adaptor.Tmodulator.weight")[:2]
+    layers = len({k for k in keys if re.match(r"mid_adaptor\.adaptors\.extrapolators\.\d+\.fn\.weight", k)})
+    observed = modulated_in // mid_channels // (2**layers - 1)
+    kwargs = dict(
+        dim=dim, channels=channels, dim_mults=dim_mults, attn_heads=heads, attn_dim_head=dim_head, window_size=windows[0],
+        init_kernel_size=kernel, cond_num=observed + (1 if architecture == _WO_REF else 0), pred_num=modulated_out // mid_channels,
+        use_deconv=not any(re.match(r"ups\.\d+\.[56]\.1\.weight", k) for k in keys),
+    )
+    if init_dim != dim:
+        kwargs["init_dim"] = init_dim
+    if architecture == _TRAJ_ADA:
+        kwargs["l"] = layers
+    return architecture, kwargs
+
+
 # Schedule buffers of the original GaussianDiffusion that ExtDMDDIMScheduler holds under the same names.
 _SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                      "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
@@ -359,8 +426,10 @@ def pipeline_from_original(
         ae_checkpoint: what an original autoencoder ``.pth`` holds (``generator``, ``region_predictor``, ``bg_predictor``).
         dm_checkpoint: what an original diffusion ``.pth`` holds: ``{"diffusion": GaussianDiffusion state dict, ...}``.
         config: the original DM YAML as a dict (``flow_params``, ``diffusion_params``, ``dataset_params``).
-        architecture: the original denoiser module name, e.g. ``DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada``.
-        unet_kwargs: original ``Unet3D`` arguments; ``None`` means the original wrapper's (``original_unet_kwargs``).
+        architecture: the original denoiser module name, e.g. ``DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada``,
+            or ``"auto"``: inferred with its ``Unet3D`` arguments from the checkpoint (``infer_unet_from_original``).
+        unet_kwargs: original ``Unet3D`` arguments, merged over the architecture's: the original wrapper's
+            (``original_unet_kwargs``) for a named architecture, the inferred ones for ``"auto"``.
     """
     diffusion_params = config.get("diffusion_params", {}).get("model_params", {})
     if diffusion_params.get("use_residual_flow"):
@@ -380,7 +449,11 @@ def pipeline_from_original(
     if "betas" not in schedule:
         raise CheckpointConversionError("diffusion state dict: missing keys ['betas']")
 
-    kwargs = original_unet_kwargs(architecture, config) if unet_kwargs is None else dict(unet_kwargs)
+    if architecture == "auto":
+        architecture, kwargs = infer_unet_from_original(denoiser)
+    else:
+        kwargs = original_unet_kwargs(architecture, config)
+    kwargs.update(unet_kwargs or {})
     unet = unet_from_original(denoiser, architecture, **kwargs)
     if unet.config.cond_feature_channels != flow_autoencoder.feature_channels:
         raise CheckpointConversionError(

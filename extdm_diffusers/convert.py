@@ -1,7 +1,9 @@
 """Convert original ExtDM checkpoints into a diffusers pipeline folder (with a model card).
 
     python -m extdm_diffusers.convert --ae_checkpoint AE.pth --dm_checkpoint DM.pth --config config/DM/kth.yaml \
-        --architecture DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada --output_dir extdm-kth
+        --output_dir extdm-kth
+
+The denoiser architecture and its arguments are inferred from the checkpoint unless ``--architecture`` names one.
 """
 
 from __future__ import annotations
@@ -10,29 +12,60 @@ import argparse
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import yaml
 
-from .conversion import ARCHITECTURE_PRESETS, pipeline_from_original
+from .conversion import ARCHITECTURE_PRESETS, CheckpointConversionError, infer_unet_from_original, pipeline_from_original
 
 # Recognised original experiment names -> the dataset the model was trained on.
 _DATASETS = {"smmnist": "SMMNIST", "kth": "KTH", "bair": "BAIR robot pushing", "cityscapes": "Cityscapes", "ucf": "UCF-101"}
 
 
+class ConversionInputError(ValueError):
+    """A file given to the converter is missing or is not what it should be (one line, naming the file)."""
+
+
 def load_original_checkpoint(path: str, trust_checkpoint: bool = False) -> dict:
     """``torch.load`` of an original ``.pth`` on the CPU, with ``weights_only=True`` unless trusted."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise ConversionInputError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as error:
-        raise RuntimeError(
-            f"{path} holds Python objects beyond tensors, which `weights_only=True` refuses to unpickle. If you "
-            f"trust the file, pass --trust_checkpoint. ({error})"
+        if "Unsupported global" in str(error):  # a genuine pickle of objects that weights_only refuses
+            raise ConversionInputError(
+                f"{path} holds Python objects beyond tensors, which `weights_only=True` refuses to unpickle; if you "
+                "trust the file, pass --trust_checkpoint"
+            ) from error
+        raise ConversionInputError(f"{path} is not a PyTorch checkpoint (.pth): it does not unpickle") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ConversionInputError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {str(error).splitlines()[0]}"
         ) from error
+    if not isinstance(checkpoint, dict):
+        raise ConversionInputError(f"{path} holds a {type(checkpoint).__name__}, expected the dict an original ExtDM .pth holds")
+    return checkpoint
+
+
+def load_original_config(path: str) -> dict:
+    """The original DM YAML (``config/DM/*.yaml``) as a dict, checked for what conversion reads."""
+    if not os.path.isfile(path):
+        raise ConversionInputError(f"config not found: {path}")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ConversionInputError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(config, dict) or not isinstance(config.get("flow_params", {}).get("model_params"), dict):
+        raise ConversionInputError(f"{path} has no `flow_params.model_params`: pass the original DM YAML (config/DM/*.yaml)")
+    train = config.get("dataset_params", {}).get("train_params", {})
+    if not {"cond_frames", "pred_frames"} <= set(train):
+        raise ConversionInputError(f"{path} has no `dataset_params.train_params.cond_frames/pred_frames`: pass the original DM YAML")
+    return config
 
 
 def model_card(config: Mapping, architecture: str, repo_id: Optional[str]) -> str:
@@ -97,16 +130,26 @@ def convert(
     unet_kwargs: Optional[dict] = None,
     push_to_hub: Optional[str] = None,
     trust_checkpoint: bool = False,
+    log: Callable[[str], None] = print,
 ):
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
-    pipe = pipeline_from_original(
-        load_original_checkpoint(ae_checkpoint, trust_checkpoint),
-        load_original_checkpoint(dm_checkpoint, trust_checkpoint),
-        config,
-        architecture,
-        unet_kwargs,
-    )
+    """Original checkpoints -> a ``save_pretrained`` folder with a model card. ``architecture="auto"`` infers the
+    denoiser and its arguments from the checkpoint and logs what it found."""
+    config = load_original_config(config_path)
+    ae = load_original_checkpoint(ae_checkpoint, trust_checkpoint)
+    dm = load_original_checkpoint(dm_checkpoint, trust_checkpoint)
+    if "diffusion" not in dm:
+        raise ConversionInputError(f"{dm_checkpoint} has no 'diffusion' entry: is it an original ExtDM diffusion checkpoint? (keys: {sorted(dm)[:8]})")
+    kwargs = dict(unet_kwargs or {})
+    if architecture == "auto":
+        denoiser = {k[len("denoise_fn."):]: v for k, v in dm["diffusion"].items() if k.startswith("denoise_fn.")}
+        architecture, inferred = infer_unet_from_original(denoiser)
+        kwargs = {**inferred, **kwargs}
+        log(f"inferred from {dm_checkpoint}: {architecture} with " + ", ".join(f"{k}={v}" for k, v in inferred.items()))
+        train = config["dataset_params"]["train_params"]
+        if (train["cond_frames"], train["pred_frames"]) != (kwargs["cond_num"], kwargs["pred_num"]):
+            log(f"note: the checkpoint observes {kwargs['cond_num']} and predicts {kwargs['pred_num']} frames per window; "
+                f"{config_path} says {train['cond_frames']} -> {train['pred_frames']}: the checkpoint's values are used")
+    pipe = pipeline_from_original(ae, dm, config, architecture, kwargs)
     pipe.save_pretrained(output_dir, safe_serialization=True)
     Path(output_dir, "README.md").write_text(model_card(config, architecture, push_to_hub))
     if push_to_hub:
@@ -118,21 +161,37 @@ def convert(
     return pipe
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of original Unet3D arguments")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extdm_diffusers.convert", description=__doc__.splitlines()[0])
     parser.add_argument("--ae_checkpoint", required=True, help="original flow autoencoder .pth")
     parser.add_argument("--dm_checkpoint", required=True, help="original diffusion model .pth (holds 'diffusion')")
     parser.add_argument("--config", required=True, help="original DM YAML (config/DM/*.yaml)")
-    parser.add_argument("--architecture", required=True, choices=sorted(ARCHITECTURE_PRESETS), help="original denoiser module")
+    parser.add_argument("--architecture", default="auto", choices=["auto"] + sorted(ARCHITECTURE_PRESETS),
+                        help="original denoiser module; 'auto' (default) infers it and its arguments from the checkpoint")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--unet_kwargs", type=json.loads, default=None,
-                        help="original Unet3D arguments as JSON, if the model was not built with the wrapper's defaults")
+    parser.add_argument("--unet_kwargs", type=_json_object, default=None,
+                        help="original Unet3D arguments as JSON, merged over the architecture's (or the inferred) ones")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="unpickle arbitrary objects in the .pth files (torch.load weights_only=False)")
     args = parser.parse_args(argv)
-    convert(args.ae_checkpoint, args.dm_checkpoint, args.config, args.architecture, args.output_dir,
-            args.unet_kwargs, args.push_to_hub, args.trust_checkpoint)
+    try:
+        convert(args.ae_checkpoint, args.dm_checkpoint, args.config, args.architecture, args.output_dir,
+                args.unet_kwargs, args.push_to_hub, args.trust_checkpoint)
+    except (ConversionInputError, CheckpointConversionError, ValueError) as error:
+        # one line naming the file or argument, like argparse's own errors; no traceback for bad input
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"saved ExtDMPipeline to {args.output_dir}")
 
 

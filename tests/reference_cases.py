@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
+from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -15,6 +17,10 @@ sys.path.insert(0, str(FIXTURES))
 from fixture_weights import fixture_stats, fixture_weights  # noqa: E402
 
 AUTOENCODER_PARTS = ("generator", "region_predictor", "bg_predictor")
+
+#: diffusers renamed `from_pretrained(torch_dtype=...)` to `dtype=` (the old name now warns); use what the
+#: installed release reads, so the tests stay on the non-deprecated name.
+DTYPE_ARGUMENT = "dtype" if '"dtype"' in inspect.getsource(DiffusionPipeline.from_pretrained) else "torch_dtype"
 
 
 def load_case(name: str) -> Tuple[dict, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 
 from extdm_diffusers import ExtDMDDIMScheduler, ExtDMPipeline, ExtDMUNet3DModel, FlowAutoencoder
 from extdm_diffusers.conversion import CheckpointConversionError, pipeline_from_original, unet_config_from_original
-from reference_cases import diffusion_checkpoint, load_case, relative_error, split_autoencoder
+from reference_cases import DTYPE_ARGUMENT, diffusion_checkpoint, load_case, relative_error, split_autoencoder
 
 
 def conditioning_video(tensors):
@@ -92,7 +92,7 @@ def test_save_load_gives_the_same_frames(reference_pipeline_factory, tmp_path):
     assert isinstance(loaded.scheduler, ExtDMDDIMScheduler)
     kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], output_type="pt")
     # not bit-equal: oneDNN picks kernels by the alignment of the (memory-mapped) weights
-    torch.testing.assert_close(pipe(conditioning_video(t), **kwargs).frames, loaded(conditioning_video(t), **kwargs).frames, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pipe(conditioning_video(t), **kwargs).frames, loaded(conditioning_video(t), **kwargs).frames, rtol=0, atol=2e-4)
     bf16 = ExtDMPipeline.from_pretrained(tmp_path, **{DTYPE_ARGUMENT: torch.bfloat16})
     bf16.set_progress_bar_config(disable=True)
     frames = bf16(conditioning_video(t), **kwargs).frames

