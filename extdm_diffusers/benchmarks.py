@@ -127,6 +127,8 @@ class Benchmark:
         kwargs = original_unet_kwargs(self.architecture, self.as_original_config())
         config = unet_config_from_original(self.architecture, **kwargs)
         config["cond_feature_channels"] = cond_feature_channels
+        if config["condition_feature_mode"] == "trajectory_attention":  # attends from the embedded motion to the features
+            config["motion_embedding_channels"] = cond_feature_channels
         return deep_merge(config, overrides)
 
     def as_original_config(self) -> Dict[str, Any]:

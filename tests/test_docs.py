@@ -24,7 +24,7 @@ def test_pipeline_md_prediction_example_runs(reference_pipeline_factory, tmp_pat
     pipe.save_pretrained("extdm-kth")
     iio.imwrite("clip.mp4", np.random.default_rng(0).integers(0, 255, (6, 48, 48, 3), dtype=np.uint8), fps=10)
     scope = {}
-    exec(compile(python_blocks("pipeline.md")[0], "docs/pipeline.md", "exec"), scope)
+    exec(compile(python_blocks("pipeline.md")[1], "docs/pipeline.md", "exec"), scope)
     assert scope["out"].frames.shape == (1, 40, 32, 32, 3)
     assert iio.imread("prediction.mp4").shape[0] == 40  # (the container reports no frame count)
 
@@ -55,3 +55,9 @@ def test_evaluation_md_metrics_example_runs(tmp_path, monkeypatch):
         exec(compile(block, "docs/evaluation.md", "exec"), scope)
     assert scope["psnr"](scope["pred"], scope["target"]).shape == (4, 10)
     assert isinstance(scope["fvd"], float)
+
+
+def test_benchmarks_md_example_runs():
+    scope = {}
+    exec(compile(python_blocks("benchmarks.md")[0], "docs/benchmarks.md", "exec"), scope)
+    assert scope["pipe"].num_cond_frames == 10 and scope["config"]["base_channels"] == 32

@@ -139,7 +139,7 @@ def test_callback_can_replace_latents(reference_pipeline_factory):
         (torch.rand(1, 2, 3, 32, 32) * 2, {}, r"`video` values must lie in \[0, 1\]"),
         (torch.rand(2, 3, 32, 32), {}, r"`video` as a tensor must be \(B, T, C, H, W\)"),
         (torch.rand(1, 2, 3, 32, 32), {"latents": torch.zeros(1, 3, 4, 16, 16)}, r"`latents` must have shape \(1, 3, 5, 16, 16\)"),
-        (torch.rand(1, 2, 3, 32, 32), {"output_type": "latent"}, r"`output_type` must be"),
+        (torch.rand(1, 2, 3, 32, 32), {"output_type": "tensor"}, r"`output_type` must be 'pt', 'np', 'pil' or 'latent'"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(reference_pipeline_factory, video, kwargs, message):

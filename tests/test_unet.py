@@ -116,7 +116,7 @@ def test_conversion_names_bad_keys():
         unet_from_original(bad, arch, **kwargs)
 
     bad = dict(state_dict, **{"time_mlp.1.bias": torch.zeros(3)})
-    with pytest.raises(CheckpointConversionError, match=r"mis-shaped keys \[time_embedding.linear_1.bias: checkpoint \(3,\) vs model \(64,\)\]"):
+    with pytest.raises(CheckpointConversionError, match=r"mis-shaped keys \[time_embedding.linear_1.bias: checkpoint \(3,\) vs model \(64,\) \(set the original Unet3D argument `dim`\)\]"):
         unet_from_original(bad, arch, **kwargs)
 
     freqs_key = next(k for k in state_dict if k.endswith("rotary_emb.freqs"))
