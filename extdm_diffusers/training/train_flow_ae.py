@@ -237,6 +237,9 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
     torch.manual_seed(seed)
     autoencoder = FlowAutoencoder(**config)
     autoencoder.train()
+    if args.sync_batchnorm and num_processes > 1 and accelerator.device.type != "cuda":
+        raise TrainingArgumentError(f"--sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, this run uses "
+                                    f"{accelerator.device.type}; leave the flag out (per-process batch norm)")
     if args.sync_batchnorm and num_processes > 1:
         autoencoder = nn.SyncBatchNorm.convert_sync_batchnorm(autoencoder)
         logger.warning("batch norm synchronised across processes (--sync_batchnorm)")
