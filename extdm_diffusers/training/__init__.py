@@ -1,5 +1,6 @@
 """Losses for training the ExtDM models (used by the training scripts and the quick start)."""
 
+from .common import TrainingArgumentError
 from .diffusion_loss import denoising_loss
 from .flow_autoencoder_losses import (
     PERCEPTUAL_LOSSES,
@@ -12,6 +13,7 @@ from .flow_autoencoder_losses import (
 )
 
 __all__ = [
+    "TrainingArgumentError",
     "denoising_loss",
     "EquivarianceTransform",
     "FlowAutoencoderLoss",

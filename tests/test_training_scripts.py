@@ -1,0 +1,231 @@
+"""The training scripts (extdm_diffusers.training.train_flow_ae / train_dm) on a tiny 32-pixel dataset with
+tiny models: a few steps each, the saved folders load, kill-and-resume is bit-identical, bad inputs fail first."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_AE = {
+    "num_regions": 2, "sample_size": 32,
+    "region_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2},
+    "bg_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2},
+    "generator_params": {"block_expansion": 4, "max_features": 16, "num_bottleneck_blocks": 1,
+                         "pixelwise_flow_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2}},
+}
+TINY_UNET = {"num_cond_frames": 2, "num_pred_frames": 2, "base_channels": 8, "channel_mults": [1, 2],
+             "attention_heads": 2, "attention_head_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on shared cores: threads only add contention
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_tiny_dataset(path, size=32, num_train=6, num_test=2, num_frames=12, seed=0):
+    import datasets
+
+    from extdm_diffusers.data.video_schema import encode_frames, video_features
+
+    rng = np.random.default_rng(seed)
+
+    def video(i):
+        frames = np.zeros((num_frames, size, size, 1), np.uint8)
+        x, y, dx, dy = (int(v) for v in rng.integers(0, size - 8, 4))
+        for t in range(num_frames):  # a bouncing-ish white square
+            frames[t, y:y + 8, x:x + 8] = 255
+            x, y = (x + 1 + dx % 3) % (size - 8), (y + 1 + dy % 3) % (size - 8)
+        return {"video": encode_frames(frames), "num_frames": num_frames, "id": f"v{i}"}
+
+    datasets.DatasetDict({
+        split: datasets.Dataset.from_list([video(i) for i in range(n)], features=video_features())
+        for split, n in (("train", num_train), ("test", num_test))
+    }).save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    data = write_tiny_dataset(root / "data")
+    from extdm_diffusers.benchmarks import get_benchmark
+    from extdm_diffusers.models import FlowAutoencoder
+
+    torch.manual_seed(0)
+    FlowAutoencoder(**get_benchmark("smmnist").flow_autoencoder_config(**TINY_AE)).save_pretrained(root / "ae")
+    return {"root": root, "data": data, "ae": str(root / "ae")}
+
+
+def ae_argv(workspace, out, *extra):
+    return ["--benchmark", "smmnist", "--dataset_dir", workspace["data"], "--output_dir", str(out),
+            "--model_config", json.dumps(TINY_AE), "--train_batch_size", "2", "--perceptual_loss", "none",
+            "--num_validation_videos", "1", "--logging_steps", "1", *extra]
+
+
+def dm_argv(workspace, out, *extra, flow_autoencoder=None):
+    return ["--benchmark", "smmnist", "--dataset_dir", workspace["data"], "--output_dir", str(out),
+            "--flow_autoencoder", flow_autoencoder or workspace["ae"], "--model_config", json.dumps(TINY_UNET),
+            "--train_batch_size", "2", "--num_validation_videos", "1", "--validation_inference_steps", "2",
+            "--logging_steps", "1", *extra]
+
+
+def unet_state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder, "unet", "diffusion_pytorch_model.safetensors")))
+
+
+def test_flow_ae_trains_saves_and_feeds_the_denoiser(workspace):
+    from extdm_diffusers.models import FlowAutoencoder
+    from extdm_diffusers.pipelines import ExtDMPipeline
+    from extdm_diffusers.training import train_dm, train_flow_ae
+
+    out = workspace["root"] / "ae-run"
+    result = train_flow_ae.main(ae_argv(workspace, out, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+    assert result["global_step"] == 2 and np.isfinite(result["loss"])
+    autoencoder = FlowAutoencoder.from_pretrained(out)  # saved at the output folder's root
+    assert autoencoder.config.num_regions == 2
+    assert (out / "README.md").read_text().count("library_name: diffusers") == 1
+    assert (out / "validation" / "step-2" / "pair_0.gif").is_file()
+    assert (out / "checkpoint-2" / "CHECKPOINT_COMPLETE").is_file()
+
+    # the denoiser trains on it, and the saved pipeline loads and predicts
+    dm_out = workspace["root"] / "dm-run"
+    result = train_dm.main(dm_argv(workspace, dm_out, "--max_train_steps", "2", "--log_reconstruction_steps", "1",
+                                   flow_autoencoder=str(out)))
+    assert result["global_step"] == 2 and "val_psnr" in result
+    logged = [json.loads(line) for line in (dm_out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "rec_loss", "rec_warp_loss"} <= set(logged[0])
+    pipe = ExtDMPipeline.from_pretrained(dm_out)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(torch.rand(1, 2, 3, 32, 32), num_frames=3, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    assert frames.shape == (1, 3, 3, 32, 32)
+    card = (dm_out / "README.md").read_text()
+    assert "video-prediction" in card and "ExtDMPipeline.from_pretrained" in card
+    assert (dm_out / "validation" / "step-2" / "video_0.gif").is_file()
+    # a pipeline folder is accepted as --flow_autoencoder too
+    assert train_dm.load_flow_autoencoder(str(dm_out)).config.num_regions == 2
+
+
+def test_dm_resume_is_bit_identical(workspace):
+    from extdm_diffusers.training import train_dm
+
+    # 6 videos / batch 2 = 3 batches per epoch: the 4 steps cross an epoch boundary, the checkpoint sits mid-epoch
+    extra = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "100", "--use_ema",
+             "--log_reconstruction_steps", "0")
+    full = workspace["root"] / "dm-full"
+    train_dm.main(dm_argv(workspace, full, *extra))
+    resumed = workspace["root"] / "dm-resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")  # as if killed after checkpoint-2
+    result = train_dm.main(dm_argv(workspace, resumed, *extra, "--resume_from_checkpoint", "latest"))
+    assert result["global_step"] == 4
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 3  # it did resume: steps 1-2 came from the checkpoint
+    a, b = unet_state(full), unet_state(resumed)  # the EMA weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from safetensors.torch import load_file
+
+    raw_a = load_file(str(full / "checkpoint-4" / "model.safetensors"))
+    raw_b = load_file(str(resumed / "checkpoint-4" / "model.safetensors"))
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)  # the trained (non-EMA) weights
+
+
+def test_flow_ae_resume_is_bit_identical(workspace):
+    from safetensors.torch import load_file
+
+    from extdm_diffusers.training import train_flow_ae
+
+    extra = ("--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--validation_steps", "100")
+    full = workspace["root"] / "ae-full"
+    train_flow_ae.main(ae_argv(workspace, full, *extra))
+    assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]  # pruned to 2
+    resumed = workspace["root"] / "ae-resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    train_flow_ae.main(ae_argv(workspace, resumed, *extra, "--resume_from_checkpoint", "latest"))
+    assert json.loads((resumed / "metrics.jsonl").read_text().splitlines()[0])["step"] == 3
+    a = load_file(str(full / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("script, extra, message", [
+    ("dm", ["--benchmark", "nope"], "--benchmark"),
+    ("ae", ["--benchmark", "nope"], "--benchmark"),
+    ("dm", ["--model_config", '{"base_channels": 8, "colour": 1}'], "colour"),
+    ("ae", ["--model_config", '{"generator_params": {"block_expansion": 4, "bogus": 1}}'], "generator_params.bogus"),
+    ("dm", ["--model_config", json.dumps(dict(TINY_UNET, num_cond_frames=10, num_pred_frames=5))], "fewer than the 15 frames"),
+    ("ae", ["--model_config", json.dumps(dict(TINY_AE, sample_size=64))], "64x64"),
+    ("dm", ["--flow_autoencoder", "/nonexistent/ae"], "--flow_autoencoder"),
+])
+def test_bad_inputs_fail_before_training(workspace, tmp_path, script, extra, message):
+    from extdm_diffusers.training import TrainingArgumentError, train_dm, train_flow_ae
+
+    out = tmp_path / "out"
+    argv = dm_argv(workspace, out) if script == "dm" else ae_argv(workspace, out)
+    with pytest.raises(TrainingArgumentError, match=message.replace("(", r"\(")):
+        (train_dm if script == "dm" else train_flow_ae).main(argv + ["--max_train_steps", "1"] + extra)
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_report_to_tensorboard_without_tensorboard(workspace, tmp_path):
+    import importlib.util
+
+    from extdm_diffusers.training import TrainingArgumentError, train_dm
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(TrainingArgumentError, match="pip install tensorboard"):
+        train_dm.main(dm_argv(workspace, tmp_path / "out", "--report_to", "tensorboard"))
+
+
+def test_partial_checkpoint_is_named_not_loaded(workspace, tmp_path):
+    from extdm_diffusers.training import TrainingArgumentError, train_dm
+
+    out = tmp_path / "out"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(TrainingArgumentError, match="checkpoint-3 is incomplete"):
+        train_dm.main(dm_argv(workspace, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
+
+
+def test_vgg_download_failure_says_what_to_do(workspace, tmp_path, monkeypatch):
+    from extdm_diffusers.training import TrainingArgumentError, flow_autoencoder_losses, train_flow_ae
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(flow_autoencoder_losses.VGG19PerceptualFeatures, "__init__", offline)
+    argv = [a for a in ae_argv(workspace, tmp_path / "out", "--max_train_steps", "1") if a != "none"]
+    argv[argv.index("--perceptual_loss")] = "--perceptual_loss=vgg19"
+    with pytest.raises(TrainingArgumentError, match="--perceptual_weights PATH.*--perceptual_loss none"):
+        train_flow_ae.main(argv)
+
+
+@pytest.mark.multiprocess
+def test_two_process_runs(workspace, tmp_path):
+    """2 CPU processes (torchrun + gloo through accelerate) for 2 steps of each script (~30-60 s)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    for name, argv in (("train_flow_ae", ae_argv(workspace, tmp_path / "ae")),
+                       ("train_dm", dm_argv(workspace, tmp_path / "dm"))):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(REPO / "training_scripts" / f"{name}.py"), *argv, "--max_train_steps", "2", "--checkpointing_steps", "2"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "x 2 processes" in done.stderr
+        assert (tmp_path / name.replace("train_flow_ae", "ae").replace("train_dm", "dm") / "checkpoint-2" / "CHECKPOINT_COMPLETE").is_file()
+    assert (tmp_path / "dm" / "model_index.json").is_file()
+    assert (tmp_path / "ae" / "config.json").is_file()
