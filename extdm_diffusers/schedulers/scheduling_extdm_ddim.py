@@ -103,6 +103,21 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timestep {int(timestep)} is not one of this scheduler's timesteps; call `set_timesteps` first")
         return int(matches[0])
 
+    def predict_original_sample(
+        self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor
+    ) -> torch.Tensor:
+        """x̂0 from the predicted noise at ``timestep`` (a number, or one per sample), thresholded (or clipped) as
+        the original sampler does: what ``step`` uses, and what training decodes to log reconstruction losses."""
+        t = torch.as_tensor(timestep).cpu().long()
+        a, b = self.sqrt_recip_alphas_cumprod[t], self.sqrt_recipm1_alphas_cumprod[t]
+        if t.ndim:
+            shape = (-1,) + (1,) * (sample.ndim - 1)
+            a, b = a.to(sample.device).view(shape), b.to(sample.device).view(shape)
+        x0 = a * sample - b * model_output
+        if self.config.thresholding:
+            return self._threshold(x0)
+        return x0.clamp(-1, 1) if self.config.clip_sample else x0
+
     def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
         dtype = x0.dtype
         flat = x0.float().reshape(x0.shape[0], -1)
@@ -127,11 +142,7 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         t, t_next = int(self.timesteps[index]), int(self._next_timesteps[index])
         alpha, alpha_next = self.alphas_cumprod_prev[t], self.alphas_cumprod_prev[t_next]
 
-        x0 = self.sqrt_recip_alphas_cumprod[t] * sample - self.sqrt_recipm1_alphas_cumprod[t] * model_output
-        if self.config.thresholding:
-            x0 = self._threshold(x0)
-        elif self.config.clip_sample:
-            x0 = x0.clamp(-1, 1)
+        x0 = self.predict_original_sample(model_output, t, sample)
 
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
         c = ((1 - alpha_next) - sigma**2).sqrt()

@@ -82,24 +82,13 @@ def load_flow_autoencoder(path: str):
         raise TrainingArgumentError(f"--flow_autoencoder: cannot load a FlowAutoencoder from {path!r}: {error}") from error
 
 
-def threshold_x0(x0: torch.Tensor, ratio: float = 0.9) -> torch.Tensor:
-    """The original sampler's dynamic thresholding (as ``ExtDMDDIMScheduler``): s = max(1, q_ratio(|x0|))."""
-    flat = x0.float().reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1).view(-1, *([1] * (x0.ndim - 1)))
-    return (x0.float().clamp(-s, s) / s).to(x0.dtype)
-
-
 def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timesteps, eps, future_frames, use_occlusion):
     """rec_loss, rec_warp_loss: L1 between the real future frames and the frames decoded from the thresholded
     x̂0 (with the occlusion blend, and the plain warp)."""
     with torch.no_grad():
         target = condition.future_motion.float()
         noisy = scheduler.add_noise(target, noise.float(), timesteps)
-        t = timesteps.cpu()
-        shape = (-1, 1, 1, 1, 1)
-        a = scheduler.sqrt_recip_alphas_cumprod[t].to(noisy.device).view(shape)
-        b = scheduler.sqrt_recipm1_alphas_cumprod[t].to(noisy.device).view(shape)
-        x0 = threshold_x0(a * noisy - b * eps.float(), scheduler.config.dynamic_thresholding_ratio)
+        x0 = scheduler.predict_original_sample(eps.float(), timesteps, noisy)
         motion = x0.transpose(1, 2).to(condition.reference.dtype)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
         decoded = flow_autoencoder.decode(condition.reference, motion[:, :, :2], occlusion)
