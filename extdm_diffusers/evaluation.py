@@ -535,7 +535,7 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     i3d = lpips_model = pipe = None
     if mine:
         i3d, lpips_model = _load_metrics_models(config, device)
-        pipe = ExtDMPipeline.from_pretrained(config.pipeline, torch_dtype=dtype).to(device)
+        pipe = ExtDMPipeline.from_pretrained(config.pipeline).to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         if pipe.num_cond_frames != protocol["cond_frames"]:
             raise EvaluationError(f"the pipeline conditions on {pipe.num_cond_frames} frames; the {protocol['benchmark']} "
