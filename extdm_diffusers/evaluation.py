@@ -565,6 +565,10 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
         stopped = bool(flag.item())
     _barrier(world)
     if stopped:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
         return None
 
     # 4. Rank 0 gathers everything that was committed and computes the numbers.
