@@ -498,10 +498,17 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     from .pipelines import ExtDMPipeline
 
     started = time.time()
-    protocol = config.protocol()
+    try:
+        protocol = config.protocol()
+    except KeyError as e:
+        raise EvaluationError(str(e.args[0] if e.args else e)) from e
     settings = config.run_settings()
     if config.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {config.batch_size}")
+        raise EvaluationError(f"--batch_size must be >= 1, got {config.batch_size}")
+    if config.update_model_card and not Path(config.pipeline).is_dir():
+        raise EvaluationError(f"--update_model_card needs a local pipeline folder, got {config.pipeline!r}")
+    if config.dtype not in ("float32", "float16", "bfloat16"):
+        raise EvaluationError(f"--dtype must be float32, float16 or bfloat16, got {config.dtype!r}")
     world, rank, local_rank = _dist_info()
     if world > 1:
         import torch.distributed as dist
@@ -511,7 +518,14 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     out = Path(config.output_dir)
     device = _resolve_device(config, local_rank)
 
-    # 1. Run config: written once, checked on every (re)start.
+    # 1. The clips (first, so that a wrong dataset leaves nothing behind), then the run config: written once,
+    # checked on every (re)start.
+    try:
+        clips = clip_dataset(protocol["benchmark"], config.dataset_dir, protocol["split"],
+                             num_frames=protocol["cond_frames"] + protocol["pred_frames"], num_videos=protocol["num_videos"])
+    except (KeyError, FileNotFoundError) as e:
+        raise EvaluationError(f"cannot read split {protocol['split']!r} of {config.dataset_dir}: {e}") from e
+
     if rank == 0:
         (out / "features").mkdir(parents=True, exist_ok=True)
         (out / "gifs").mkdir(exist_ok=True)
@@ -526,9 +540,7 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     if rank != 0:
         _check_run_config(out / RUN_CONFIG, settings)
 
-    # 2. Data, models.
-    clips = clip_dataset(protocol["benchmark"], config.dataset_dir, protocol["split"],
-                         num_frames=protocol["cond_frames"] + protocol["pred_frames"], num_videos=protocol["num_videos"])
+    # 2. Models, for the clips still to do.
     done = _read_records(out)
     mine = [i for i in range(len(clips)) if i % world == rank and i not in done]
     dtype = getattr(torch, config.dtype)
