@@ -107,6 +107,7 @@ class EvaluationConfig:
     seed: Optional[int] = None
     num_inference_steps: Optional[int] = None
     eta: Optional[float] = None
+    cond_frames: Optional[int] = None
     pred_frames: Optional[int] = None
     use_occlusion: Optional[bool] = None
     batch_size: int = 16
@@ -134,7 +135,7 @@ class EvaluationConfig:
         return {
             "benchmark": bench.name,
             "split": pick(self.split, ev.split),
-            "cond_frames": ev.cond_frames,
+            "cond_frames": pick(self.cond_frames, ev.cond_frames),
             "pred_frames": pick(self.pred_frames, ev.pred_frames),
             "num_videos": pick(self.num_videos, ev.num_videos),
             "video_stride": ev.video_stride,
@@ -547,7 +548,9 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     i3d = lpips_model = pipe = None
     if mine:
         i3d, lpips_model = _load_metrics_models(config, device)
-        pipe = ExtDMPipeline.from_pretrained(config.pipeline).to(device=device, dtype=dtype)
+        pipe = ExtDMPipeline.from_pretrained(config.pipeline).to(device)
+        if dtype != pipe.unet.dtype:  # (diffusers warns on every dtype cast, even a no-op one)
+            pipe = pipe.to(dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         if pipe.num_cond_frames != protocol["cond_frames"]:
             raise EvaluationError(f"the pipeline conditions on {pipe.num_cond_frames} frames; the {protocol['benchmark']} "
@@ -757,6 +760,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvaluationConfig:
     parser.add_argument("--seed", type=int, default=None, help="protocol: 1000")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="protocol: 10")
     parser.add_argument("--eta", type=float, default=None, help="protocol: 1.0")
+    parser.add_argument("--cond_frames", type=int, default=None, help="override the observed frames (not the protocol)")
     parser.add_argument("--pred_frames", type=int, default=None, help="override the horizon (not the protocol)")
     occ = parser.add_mutually_exclusive_group()
     occ.add_argument("--use_occlusion", dest="use_occlusion", action="store_true", default=None)
