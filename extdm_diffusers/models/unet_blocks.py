@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ class RotaryEmbedding(nn.Module):
 
     Rotates the first ``dim`` features in interleaved pairs with frequencies 1 / 10000^(2i / dim), the
     convention of the ``rotary-embedding-torch`` package that the original checkpoints were trained with.
+
+    A pair (x0, x1) rotated by angle a is the complex product (x0 + i x1) * e^(i a); in float32 and float64
+    ``rotate`` computes it so, in one pass and without concatenations; the rotations are cached per
+    (length, device, dtype). Other dtypes (bfloat16, float16) take the real-arithmetic path.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -35,17 +39,57 @@ class RotaryEmbedding(nn.Module):
         self.dim = dim
         freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
         self.register_buffer("freqs", freqs, persistent=False)
+        self._cache = {}
 
     def angles(self, seq_len: int, device) -> torch.Tensor:
-        positions = torch.arange(seq_len, device=device, dtype=self.freqs.dtype)
-        return (positions[:, None] * self.freqs.to(device)[None, :]).repeat_interleave(2, dim=-1)
+        """(seq_len, dim) angles, each repeated for the two features of its pair."""
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        return (positions[:, None] * self.freqs.to(device, torch.float32)[None, :]).repeat_interleave(2, dim=-1)
 
-    def rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        rotated, rest = x[..., : self.dim], x[..., self.dim :]
-        pairs = rotated.unflatten(-1, (-1, 2))
-        half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        return torch.cat([rotated * cos + half_turn * sin, rest], dim=-1)
+    def _rotation(self, seq_len: int, device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+        """(N, dim / 2) complex rotations for float32 / float64, else (N, dim) cos and sin in ``dtype``."""
+        key = (seq_len, torch.device(device), dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            angles = self.angles(seq_len, device)
+            if dtype in _COMPLEX:
+                half = angles[:, ::2]
+                cached = (torch.polar(torch.ones_like(half), half).to(_COMPLEX[dtype]),)
+            else:
+                cached = (angles.cos().to(dtype), angles.sin().to(dtype))
+            if len(self._cache) > 32:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+    def rotate(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+        """Rotate the features (last axis) of ``x`` by their position along ``seq_dim``; axes between the two
+        are broadcast over (e.g. heads). ``x`` may be a strided view."""
+        n = x.shape[seq_dim]
+        expand = (slice(None),) + (None,) * (-seq_dim - 2) if seq_dim < 0 else None
+        if expand is None:
+            raise ValueError("`seq_dim` must be negative")
+        rotation = self._rotation(n, x.device, x.dtype)
+        head, rest = x[..., : self.dim], x[..., self.dim :]
+        if len(rotation) == 1 and _complex_viewable(head):
+            out = torch.view_as_real(torch.view_as_complex(head.unflatten(-1, (-1, 2))) * rotation[0][expand]).flatten(-2)
+        else:
+            if len(rotation) == 1:  # a layout view_as_complex cannot take: real arithmetic
+                angles = self.angles(n, x.device)
+                rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
+            cos, sin = rotation[0][expand], rotation[1][expand]
+            pairs = head.unflatten(-1, (-1, 2))
+            half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+            out = head * cos + half_turn * sin
+        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _complex_viewable(x: torch.Tensor) -> bool:
+    return (x.shape[-1] % 2 == 0 and x.stride(-1) == 1 and x.storage_offset() % 2 == 0
+            and all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1))
 
 
 class ResnetBlock3D(nn.Module):
