@@ -156,7 +156,10 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy machine")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     import extdm_diffusers
 
@@ -177,20 +180,21 @@ def main() -> None:
     for name, o in outs.items():
         err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
         print(f"{name}: rel. difference to {'baseline' if a.baseline else 'this'} {err:.2e}")
-    times = defaultdict(list)
+    times, cpu = defaultdict(list), defaultdict(list)
     for _ in range(a.repeats):
         for name, (m, p) in contenders.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             call(m, x, p)
             times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+            cpu[name].append(time.process_time() - c0)
     print(f"{a.variant} dim {a.dim}, batch 2, {a.dtype}, {torch.get_num_threads()} threads, median of {a.repeats}:")
-    for k, v in med.items():
-        print(f"  {k:10s} {v:.3f} s per call")
-    if a.baseline:
-        ratios = sorted(b / t for b, t in zip(times["baseline"], times["this"]))
-        print(f"  speedup baseline/this: median of per-round ratios {statistics.median(ratios):.3f}x "
-              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    for k in times:
+        print(f"  {k:10s} {statistics.median(times[k]):.3f} s wall, {statistics.median(cpu[k]):.3f} s CPU per call")
+    for other in [k for k in times if k != "this"]:
+        for label, t in (("wall", times), ("CPU", cpu)):
+            ratios = sorted(b / u for b, u in zip(t[other], t["this"]))
+            print(f"  {other}/this ({label}): median of per-round ratios {statistics.median(ratios):.3f}x "
+                  f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
     if not a.no_profile:
         per_module(model, x, prepared)
         breakdown(model, x, prepared)

@@ -108,6 +108,10 @@ class SpaceTimeWindowAttention(nn.Module):
         self.rotary_emb = rotary_emb
         self._bias_cache = {}
 
+    def _apply(self, *args, **kwargs):
+        self._bias_cache.clear()  # .to() / .half() / load may replace the table's storage
+        return super()._apply(*args, **kwargs)
+
     def _attention_bias(self, n: int, batch: int, num_windows: int, mask_key, device, dtype) -> torch.Tensor:
         """Relative position bias plus (for shifted windows) the shift mask, as SDPA's additive ``attn_mask``:
         (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It does not change across denoising steps, so

@@ -92,6 +92,19 @@ def _complex_viewable(x: torch.Tensor) -> bool:
             and all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1))
 
 
+def conv_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a Conv3d with a (1, k, k) kernel, computed as one Conv2d over all frames when ``x`` is
+    channels-last: the (B * T, C, H, W) view of (B, T, H, W, C) memory is free, and 2D convolutions are
+    better tuned than 3D ones. Any other convolution or layout: ``conv(x)``."""
+    if (conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0 or conv.dilation[0] != 1
+            or conv.padding_mode != "zeros" or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+        return conv(x)
+    b, c, t, h, w = x.shape
+    y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), conv.weight.squeeze(2), conv.bias,
+                 conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
+    return y.view(b, t, *y.shape[1:]).transpose(1, 2)
+
+
 class ResnetBlock3D(nn.Module):
     """Two (1, 3, 3) conv + group norm + SiLU layers with a residual; the time embedding scales and shifts
     the first one."""
@@ -106,13 +119,22 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.norm1(self.conv1(x))
+        inplace = not torch.is_grad_enabled()
+        h = conv_frames(self.conv1, x)
         if self.time_emb_proj is not None:
+            # norm's affine, then the time embedding's scale and shift, folded into one per-(sample, channel)
+            # multiply-add on the unscaled normalised activations
             scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
-            h = h * (scale + 1) + shift
-        h = F.silu(h)
-        h = F.silu(self.norm2(self.conv2(h)))
-        return h + self.conv_shortcut(x)
+            weight = self.norm1.weight[:, None, None, None]
+            bias = self.norm1.bias[:, None, None, None]
+            h = F.group_norm(h, self.norm1.num_groups, None, None, self.norm1.eps)
+            h = torch.addcmul(bias * (scale + 1) + shift, h, weight * (scale + 1))
+        else:
+            h = self.norm1(h)
+        h = F.silu(h, inplace=inplace)
+        h = F.silu(self.norm2(conv_frames(self.conv2, h)), inplace=inplace)
+        shortcut = x if isinstance(self.conv_shortcut, nn.Identity) else conv_frames(self.conv_shortcut, x)
+        return h.add_(shortcut) if inplace else h + shortcut
 
 
 class Downsample3D(nn.Module):
@@ -123,7 +145,7 @@ class Downsample3D(nn.Module):
         self.conv = nn.Conv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return conv_frames(self.conv, x)
 
 
 class Upsample3D(nn.Module):
@@ -139,7 +161,7 @@ class Upsample3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_deconv:
-            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+            return conv_frames(self.conv, F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
         return self.conv(x)
 
 
@@ -152,4 +174,4 @@ class OutputHead(nn.Module):
         self.conv = nn.Conv3d(hidden_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.resnet(x))
+        return conv_frames(self.conv, self.resnet(x))
