@@ -92,15 +92,21 @@ def _complex_viewable(x: torch.Tensor) -> bool:
             and all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1))
 
 
-def conv_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+def conv_frames(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                use_bias: bool = True) -> torch.Tensor:
     """``conv(x)`` for a Conv3d with a (1, k, k) kernel, computed as one Conv2d over all frames when ``x`` is
     channels-last: the (B * T, C, H, W) view of (B, T, H, W, C) memory is free, and 2D convolutions are
-    better tuned than 3D ones. Any other convolution or layout: ``conv(x)``."""
+    better tuned than 3D ones. Any other convolution or layout: a plain 3D convolution. ``weight`` / ``bias``
+    replace the module's (e.g. a slice of its input channels); ``use_bias=False`` leaves the bias out."""
+    weight = conv.weight if weight is None else weight
+    bias = (conv.bias if bias is None else bias) if use_bias else None
     if (conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0 or conv.dilation[0] != 1
             or conv.padding_mode != "zeros" or not x.is_contiguous(memory_format=torch.channels_last_3d)):
-        return conv(x)
+        if weight is conv.weight and (bias is conv.bias):
+            return conv(x)
+        return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     b, c, t, h, w = x.shape
-    y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), conv.weight.squeeze(2), conv.bias,
+    y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), weight.squeeze(2), bias,
                  conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
     return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
