@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm
+from .unet_blocks import ChannelLayerNorm, conv_frames
 
 
 def adaptor_depth(num_observed: int, num_future: int, num_layers: Optional[int] = None) -> Tuple[int, int]:
@@ -45,13 +45,12 @@ class DistributionExtrapolator(nn.Module):
 
     def forward(self, observed: torch.Tensor) -> torch.Tensor:
         num_observed = observed.shape[2]
-        x = observed + self.predictor(self.predictor_norm(observed))
+        x = observed + conv_frames(self.predictor, self.predictor_norm(observed))
         for conv in self.extrapolators:
-            flat = x.flatten(2)
-            std = (flat.var(dim=2) + self.eps).sqrt()[..., None, None, None]
-            mean = flat.mean(dim=2)[..., None, None, None]
+            var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True)  # per (sample, channel); any layout
+            std = (var + self.eps).sqrt()
             normalised = (x - mean) / std
-            extrapolated = (normalised + conv(normalised)) * std + mean
+            extrapolated = (normalised + conv_frames(conv, normalised)) * std + mean
             x = torch.cat([x, extrapolated], dim=2)
         return x[:, :, num_observed:]
 
@@ -86,5 +85,5 @@ class DistributionAdaptor(nn.Module):
         modulated = self.temporal_modulator(extrapolated.transpose(1, 2).reshape(b, t * c, h, w))
         modulated = modulated.view(b, self.num_future, c, h, w).transpose(1, 2)
         fused = torch.cat([modulated, future], dim=1)
-        future = self.fuser(self.fuser_norm(fused)) + future
+        future = conv_frames(self.fuser, self.fuser_norm(fused)) + future
         return torch.cat([observed, future], dim=2)

@@ -53,6 +53,24 @@ def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3, de
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
 
 
+@lru_cache(maxsize=64)
+def _window_token_indices(size: Size3, padded: Size3, window: Size3, shift: Size3, device: torch.device):
+    """Token gathers that fuse the cyclic shift and the window partition (and undo them, cropping the padding).
+
+    Returns ``to_windows`` (nW * N,): for each windowed position, its token in the flattened padded grid, and
+    ``from_windows`` (d * h * w,): for each token of the unpadded grid, its windowed position."""
+    dp, hp, wp = padded
+    grid = torch.arange(dp * hp * wp).view(1, dp, hp, wp, 1)
+    if any(shift):
+        grid = torch.roll(grid, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    to_windows = partition_windows(grid, window).flatten()
+    from_windows = torch.empty_like(to_windows)
+    from_windows[to_windows] = torch.arange(to_windows.numel())
+    d, h, w = size
+    from_windows = from_windows.view(dp, hp, wp)[:d, :h, :w].flatten()
+    return to_windows.to(device), from_windows.to(device)
+
+
 def relative_position_index(window: Size3) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in window], indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
@@ -88,44 +106,66 @@ class SpaceTimeWindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
         self.rotary_emb = rotary_emb
+        self._bias_cache = {}
 
-    def _attend(self, windows: torch.Tensor, batch: int, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Attention inside (B * nW, N, C) windows."""
-        bw, n, _ = windows.shape
-        q, k, v = self.to_qkv(windows).view(bw, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.rotary_emb is not None:
-            angles = self.rotary_emb.angles(n, windows.device)
-            q, k = self.rotary_emb.rotate(q, angles), self.rotary_emb.rotate(k, angles)
+    def _apply(self, *args, **kwargs):
+        self._bias_cache.clear()  # .to() / .half() / load may replace the table's storage
+        return super()._apply(*args, **kwargs)
+
+    def _attention_bias(self, n: int, batch: int, num_windows: int, mask_key, device, dtype) -> torch.Tensor:
+        """Relative position bias plus (for shifted windows) the shift mask, as SDPA's additive ``attn_mask``:
+        (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It does not change across denoising steps, so
+        it is cached per shape, device and dtype (and the bias table's version); not while the table trains."""
+        table = self.relative_position_bias_table
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
+        key = (n, batch, num_windows, mask_key, device, dtype)
+        version = (table._version, table.data_ptr())
+        if cacheable:
+            hit = self._bias_cache.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
         # The original slices the full window's index table even for smaller (clipped) windows; so do we.
         index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].view(n, n, self.heads).permute(2, 0, 1)
-        num_windows = bw // batch
-        if mask is not None:
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
+        bias = table[index].view(n, n, self.heads).permute(2, 0, 1)  # (heads, N, N)
+        if mask_key is None:
+            bias = bias.unsqueeze(0).to(dtype)
         else:
-            bias = bias.unsqueeze(0).expand(num_windows, -1, -1, -1)
-        # Windows and heads share one axis so that the (window-dependent) mask broadcasts over the batch.
-        q, k, v = (t.reshape(batch, num_windows * self.heads, n, self.head_dim) for t in (q, k, v))
-        bias = bias.reshape(1, num_windows * self.heads, n, n).to(q.dtype)
+            mask = _shifted_window_mask(*mask_key, device)  # (nW, N, N)
+            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(dtype).repeat(batch, 1, 1, 1)
+        if cacheable:
+            if len(self._bias_cache) > 8:
+                self._bias_cache.clear()
+            self._bias_cache[key] = (version, bias)
+        return bias
+
+    def _attend(self, windows: torch.Tensor, batch: int, mask_key) -> torch.Tensor:
+        """Attention inside (B * nW, N, C) windows. q, k and v stay strided views of the projection (SDPA
+        takes them so); rotary rotates q and k together in one pass."""
+        bw, n, _ = windows.shape
+        qkv = self.to_qkv(windows).view(bw, n, 3, self.heads, self.head_dim)
+        v = qkv[:, :, 2].transpose(1, 2)
+        qk = qkv[:, :, :2]
+        if self.rotary_emb is not None:
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4)
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        bias = self._attention_bias(n, batch, bw // batch, mask_key, windows.device, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
-        out = out.view(bw, self.heads, n, self.head_dim).transpose(1, 2).reshape(bw, n, -1)
-        return self.to_out(out)
+        return self.to_out(out.transpose(1, 2).reshape(bw, n, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape
         window, shift = fit_window((d, h, w), self.window_size, self.shift_size)
-        y = self.norm(x).permute(0, 2, 3, 4, 1)
+        # channels-last once; the layer norm over channels is then a plain F.layer_norm
+        y = F.layer_norm(x.permute(0, 2, 3, 4, 1), (c,), self.norm.weight, None, self.norm.eps)
         pads = [(ws - s % ws) % ws for s, ws in zip((d, h, w), window)]
-        y = F.pad(y, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-        dp, hp, wp = y.shape[1:4]
+        if any(pads):
+            y = F.pad(y, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        padded = (d + pads[0], h + pads[1], w + pads[2])
         shifted = any(s > 0 for s in shift)
-        mask = None
-        if shifted:
-            y = torch.roll(y, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = _shifted_window_mask(dp, hp, wp, window, shift, x.device)
-        out = self._attend(partition_windows(y, window), b, mask)
-        out = merge_windows(out, window, b, dp, hp, wp)
-        if shifted:
-            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
-        out = out[:, :d, :h, :w].permute(0, 4, 1, 2, 3)
-        return x + out
+        mask_key = (*padded, window, shift) if shifted else None
+        to_windows, from_windows = _window_token_indices((d, h, w), padded, window, shift if shifted else (0, 0, 0), x.device)
+        n = window[0] * window[1] * window[2]
+        windows = y.view(b, -1, c).index_select(1, to_windows).view(-1, n, c)
+        out = self._attend(windows, b, mask_key)
+        out = out.view(b, -1, c).index_select(1, from_windows).view(b, d, h, w, c)
+        return x + out.permute(0, 4, 1, 2, 3)

@@ -61,11 +61,15 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, position_bias: Optional[torch.Tensor]) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        y = self.channel_norm(x).permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)
-        q, k, v = self.to_qkv(self.layer_norm(y)).view(b * h * w, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # channels-last once (the layer norm's copy); q, k and v stay strided views of the projection
+        y = F.layer_norm(x.permute(0, 3, 4, 2, 1), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
+        y = y.reshape(b * h * w, t, c)
+        qkv = self.to_qkv(self.layer_norm(y)).view(b * h * w, t, 3, self.heads, self.head_dim)
+        v = qkv[:, :, 2].transpose(1, 2)
+        qk = qkv[:, :, :2]
         if self.rotary_emb is not None:
-            angles = self.rotary_emb.angles(t, x.device)
-            q, k = self.rotary_emb.rotate(q, angles), self.rotary_emb.rotate(k, angles)
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4)
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
         bias = None if position_bias is None else position_bias.unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
         out = self.to_out(out.transpose(1, 2).reshape(b * h * w, t, -1)) + y

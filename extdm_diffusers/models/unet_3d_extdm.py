@@ -8,6 +8,7 @@ the differences are config fields (see ``ARCHITECTURE_PRESETS`` in ``extdm_diffu
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -24,9 +25,12 @@ from .distribution_adaptor import DistributionAdaptor, adaptor_depth
 from .space_time_window_attention import SpaceTimeWindowAttention
 from .temporal_attention import RelativePositionBias, TemporalAttention
 from .trajectory_attention import TrajectoryCrossAttention
-from .unet_blocks import Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D
+from .unet_blocks import Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D, conv_frames
 
 MOTION_CHANNELS = 3  # flow x, flow y, occlusion
+# The U-Net runs channels-last ((B, T, H, W, C) in memory): convolutions skip their layout reorders, and the
+# attention layers' channels-last views need no copies.
+CHANNELS_LAST = torch.channels_last_3d
 CONDITION_FEATURE_MODES = ("none", "trajectory_attention", "adaptor")
 BLOCK_LAYOUTS = ("interleaved", "grouped")
 
@@ -184,6 +188,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
 
         self.num_observed = num_observed
         self.gradient_checkpointing = False
+        self._conv_in_cache = None  # (weakref to the precomputed features, key, conv_in's feature term)
         window_size = tuple(window_size)
         rotary = RotaryEmbedding(rotary_dim)
         self.rotary_emb = rotary
@@ -292,7 +297,29 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             if position_bias is None:
                 position_bias = self.time_position_bias(cond_features.shape[2], cond_features.device)
             cond_features = self.condition_temporal_attention(self.condition_adaptor(cond_features), position_bias)
-        return self._resize_features(cond_features, motion_size)
+        return self._resize_features(cond_features, motion_size).contiguous(memory_format=CHANNELS_LAST)
+
+    def _conv_in(self, motion: torch.Tensor, features: torch.Tensor, source: Optional[torch.Tensor]) -> torch.Tensor:
+        """``conv_in(cat([motion, features]))``, as the sum of the two parts' convolutions (it is linear in its
+        input channels). The feature part does not change across denoising steps: with ``source`` (the caller's
+        ``precomputed_features`` tensor) it is kept and reused while the same, unmodified tensor comes back
+        (without autograd). In the released models it is most of the convolution: 256 of its 259 input channels
+        at a 7x7 kernel in the models without a motion embedding."""
+        m = motion.shape[1]
+        weight = self.conv_in.weight
+        reuse = source is not None and not (torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad))
+        key = (source._version, weight._version, weight.data_ptr(), features.dtype, features.device) if reuse else None
+        cached = self._conv_in_cache
+        if reuse and cached is not None and cached[0]() is source and cached[1] == key:
+            feature_term = cached[2]
+        else:
+            feature_term = conv_frames(self.conv_in, features, weight=weight[:, m:])
+            self._conv_in_cache = (weakref.ref(source), key, feature_term) if reuse else None
+        return conv_frames(self.conv_in, motion, weight=weight[:, :m], use_bias=False) + feature_term
+
+    def _apply(self, *args, **kwargs):
+        self._conv_in_cache = None
+        return super()._apply(*args, **kwargs)
 
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -327,22 +354,23 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         timesteps = timesteps.expand(batch)
 
         position_bias = self.time_position_bias(num_observed + sample.shape[2], sample.device)
-        x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2)
+        x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2).contiguous(memory_format=CHANNELS_LAST)
         if self.config.motion_embedding_channels is not None:
-            x = self.motion_embedding(x)
+            x = conv_frames(self.motion_embedding, x)
         if self.config.condition_feature_mode == "trajectory_attention":
             features = self.trajectory_attention(x[:, :, num_observed:], cond_features.to(x.dtype))
-            features = self._resize_features(features, x.shape[-2:])
+            features = self._resize_features(features, x.shape[-2:]).contiguous(memory_format=CHANNELS_LAST)
         elif precomputed_features is not None:
             expected = (batch, self.config.cond_feature_channels, cond_features.shape[2], *x.shape[-2:])
             if tuple(precomputed_features.shape) != expected:
                 raise ValueError(f"`precomputed_features` must have shape {expected} (see `prepare_features`), "
                                  f"got {tuple(precomputed_features.shape)}")
-            features = precomputed_features.to(x.dtype)
+            features = precomputed_features.to(x.dtype).contiguous(memory_format=CHANNELS_LAST)
         else:
             features = self.prepare_features(cond_features.to(x.dtype), x.shape[-2:], position_bias)
 
-        x = self.conv_in(torch.cat([x, features], dim=1))
+        reuse = precomputed_features is not None and self.config.condition_feature_mode != "trajectory_attention"
+        x = self._conv_in(x, features, precomputed_features if reuse else None)
         initial = x
         x = self.temporal_attention_in(x, position_bias)
         temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))
@@ -358,5 +386,5 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             x = upsample(x)
 
         x = torch.cat([x, initial], dim=1)
-        out = torch.cat([self.flow_out(x), self.occlusion_out(x)], dim=1)[:, :, num_observed:]
+        out = torch.cat([self.flow_out(x), self.occlusion_out(x)], dim=1)[:, :, num_observed:].contiguous()
         return ExtDMUNet3DOutput(sample=out) if return_dict else (out,)

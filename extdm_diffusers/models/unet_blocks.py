@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ class RotaryEmbedding(nn.Module):
 
     Rotates the first ``dim`` features in interleaved pairs with frequencies 1 / 10000^(2i / dim), the
     convention of the ``rotary-embedding-torch`` package that the original checkpoints were trained with.
+
+    A pair (x0, x1) rotated by angle a is the complex product (x0 + i x1) * e^(i a); in float32 and float64
+    ``rotate`` computes it so, in one pass and without concatenations; the rotations are cached per
+    (length, device, dtype). Other dtypes (bfloat16, float16) take the real-arithmetic path.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -35,17 +39,76 @@ class RotaryEmbedding(nn.Module):
         self.dim = dim
         freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
         self.register_buffer("freqs", freqs, persistent=False)
+        self._cache = {}
 
     def angles(self, seq_len: int, device) -> torch.Tensor:
-        positions = torch.arange(seq_len, device=device, dtype=self.freqs.dtype)
-        return (positions[:, None] * self.freqs.to(device)[None, :]).repeat_interleave(2, dim=-1)
+        """(seq_len, dim) angles, each repeated for the two features of its pair."""
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        return (positions[:, None] * self.freqs.to(device, torch.float32)[None, :]).repeat_interleave(2, dim=-1)
 
-    def rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        rotated, rest = x[..., : self.dim], x[..., self.dim :]
-        pairs = rotated.unflatten(-1, (-1, 2))
-        half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        return torch.cat([rotated * cos + half_turn * sin, rest], dim=-1)
+    def _rotation(self, seq_len: int, device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+        """(N, dim / 2) complex rotations for float32 / float64, else (N, dim) cos and sin in ``dtype``."""
+        key = (seq_len, torch.device(device), dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            angles = self.angles(seq_len, device)
+            if dtype in _COMPLEX:
+                half = angles[:, ::2]
+                cached = (torch.polar(torch.ones_like(half), half).to(_COMPLEX[dtype]),)
+            else:
+                cached = (angles.cos().to(dtype), angles.sin().to(dtype))
+            if len(self._cache) > 32:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+    def rotate(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+        """Rotate the features (last axis) of ``x`` by their position along ``seq_dim``; axes between the two
+        are broadcast over (e.g. heads). ``x`` may be a strided view."""
+        n = x.shape[seq_dim]
+        expand = (slice(None),) + (None,) * (-seq_dim - 2) if seq_dim < 0 else None
+        if expand is None:
+            raise ValueError("`seq_dim` must be negative")
+        rotation = self._rotation(n, x.device, x.dtype)
+        head, rest = x[..., : self.dim], x[..., self.dim :]
+        if len(rotation) == 1 and _complex_viewable(head):
+            out = torch.view_as_real(torch.view_as_complex(head.unflatten(-1, (-1, 2))) * rotation[0][expand]).flatten(-2)
+        else:
+            if len(rotation) == 1:  # a layout view_as_complex cannot take: real arithmetic
+                angles = self.angles(n, x.device)
+                rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
+            cos, sin = rotation[0][expand], rotation[1][expand]
+            pairs = head.unflatten(-1, (-1, 2))
+            half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+            out = head * cos + half_turn * sin
+        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _complex_viewable(x: torch.Tensor) -> bool:
+    return (x.shape[-1] % 2 == 0 and x.stride(-1) == 1 and x.storage_offset() % 2 == 0
+            and all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1))
+
+
+def conv_frames(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                use_bias: bool = True) -> torch.Tensor:
+    """``conv(x)`` for a Conv3d with a (1, k, k) kernel, computed as one Conv2d over all frames when ``x`` is
+    channels-last: the (B * T, C, H, W) view of (B, T, H, W, C) memory is free, and 2D convolutions are
+    better tuned than 3D ones. Any other convolution or layout: a plain 3D convolution. ``weight`` / ``bias``
+    replace the module's (e.g. a slice of its input channels); ``use_bias=False`` leaves the bias out."""
+    weight = conv.weight if weight is None else weight
+    bias = (conv.bias if bias is None else bias) if use_bias else None
+    if (conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0 or conv.dilation[0] != 1
+            or conv.padding_mode != "zeros" or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+        if weight is conv.weight and (bias is conv.bias):
+            return conv(x)
+        return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    b, c, t, h, w = x.shape
+    y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), weight.squeeze(2), bias,
+                 conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
+    return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 class ResnetBlock3D(nn.Module):
@@ -62,13 +125,22 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.norm1(self.conv1(x))
+        inplace = not torch.is_grad_enabled()
+        h = conv_frames(self.conv1, x)
         if self.time_emb_proj is not None:
+            # norm's affine, then the time embedding's scale and shift, folded into one per-(sample, channel)
+            # multiply-add on the unscaled normalised activations
             scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
-            h = h * (scale + 1) + shift
-        h = F.silu(h)
-        h = F.silu(self.norm2(self.conv2(h)))
-        return h + self.conv_shortcut(x)
+            weight = self.norm1.weight[:, None, None, None]
+            bias = self.norm1.bias[:, None, None, None]
+            h = F.group_norm(h, self.norm1.num_groups, None, None, self.norm1.eps)
+            h = torch.addcmul(bias * (scale + 1) + shift, h, weight * (scale + 1))
+        else:
+            h = self.norm1(h)
+        h = F.silu(h, inplace=inplace)
+        h = F.silu(self.norm2(conv_frames(self.conv2, h)), inplace=inplace)
+        shortcut = x if isinstance(self.conv_shortcut, nn.Identity) else conv_frames(self.conv_shortcut, x)
+        return h.add_(shortcut) if inplace else h + shortcut
 
 
 class Downsample3D(nn.Module):
@@ -79,7 +151,7 @@ class Downsample3D(nn.Module):
         self.conv = nn.Conv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return conv_frames(self.conv, x)
 
 
 class Upsample3D(nn.Module):
@@ -95,7 +167,7 @@ class Upsample3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_deconv:
-            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+            return conv_frames(self.conv, F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
         return self.conv(x)
 
 
@@ -108,4 +180,4 @@ class OutputHead(nn.Module):
         self.conv = nn.Conv3d(hidden_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.resnet(x))
+        return conv_frames(self.conv, self.resnet(x))
