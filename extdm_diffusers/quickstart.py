@@ -133,8 +133,8 @@ def _predictions_gif(pipeline_dir: Path, data_dir: Path, args: argparse.Namespac
 
     pipe = ExtDMPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
-    clips = VideoClipDataset(load_video_dataset(data_dir, "test"), args.cond_frames + args.eval_pred_frames, train=False,
-                             num_videos=num_videos)
+    test = load_video_dataset(data_dir, "test")
+    clips = VideoClipDataset(test, args.cond_frames + args.eval_pred_frames, train=False, num_videos=min(num_videos, len(test)))
     videos = torch.stack([clips[i]["video"] for i in range(len(clips))])
     cond, truth = videos[:, : args.cond_frames], videos[:, args.cond_frames :]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(videos))]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
+from tqdm.auto import tqdm
 import torch.nn.functional as F
 
 from . import common
@@ -284,6 +285,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
                                   num_processes, rank, args.dataloader_num_workers)
     per_epoch = common.EpochBatchSampler.batches_per_epoch(len(train_clips), training.num_repeats, batch_size * num_processes)
     last_loss, results = float("nan"), {}
+    progress_bar = tqdm(total=max_train_steps, initial=global_step, desc="denoiser steps", disable=not accelerator.is_local_main_process)
     while global_step < max_train_steps:
         generator = common.step_generator(seed, global_step, rank, accelerator.device)
         log_reconstruction = args.log_reconstruction_steps and (global_step + 1) % args.log_reconstruction_steps == 0
@@ -317,6 +319,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
         if ema is not None:
             ema.step(model.parameters())
         global_step += 1
+        progress_bar.update(1)
 
         if global_step % args.logging_steps == 0 or global_step == max_train_steps or log_reconstruction:
             last_loss = accelerator.gather(step_loss[None]).mean().item()
@@ -325,6 +328,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
                 values.update(reconstruction_metrics(frozen_ae, noise_scheduler, condition, noise, timesteps,
                                                      captured["eps"], frames[:, num_cond:], use_occlusion_train))
             metrics_log.log(values, global_step)
+            progress_bar.set_postfix(loss=f"{values['loss']:.4g}")
             if accelerator.is_main_process:
                 logger.info(f"step {global_step}/{max_train_steps}: {values}")
         if global_step % args.checkpointing_steps == 0:

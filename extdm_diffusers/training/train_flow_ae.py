@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import common
 from .common import TrainingArgumentError, logger
@@ -279,6 +280,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
                                   num_processes, rank, args.dataloader_num_workers)
     per_epoch = common.EpochBatchSampler.batches_per_epoch(len(train_pairs), training.num_repeats, batch_size * num_processes)
     last_loss, results = float("nan"), {}
+    progress_bar = tqdm(total=max_train_steps, initial=global_step, desc="autoencoder steps", disable=not accelerator.is_local_main_process)
     while global_step < max_train_steps:
         generator = common.step_generator(seed, global_step, rank, accelerator.device)
         step_losses: Dict[str, torch.Tensor] = {}
@@ -301,6 +303,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
         if ema is not None:
             ema.step(inner.parameters())
         global_step += 1
+        progress_bar.update(1)
 
         if global_step % args.logging_steps == 0 or global_step == max_train_steps:
             names = sorted(step_losses)
@@ -309,6 +312,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
             last_loss = values["loss"]
             values.update(lr=lr_scheduler.get_last_lr()[0], epoch=micro_index // per_epoch)
             metrics_log.log(values, global_step)
+            progress_bar.set_postfix(loss=f"{values['loss']:.4g}")
             if accelerator.is_main_process:
                 logger.info(f"step {global_step}/{max_train_steps}: {values}")
         if global_step % args.checkpointing_steps == 0:

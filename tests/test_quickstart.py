@@ -1,0 +1,58 @@
+"""The quick start end to end with tiny flags: killed during a training stage, run again, it continues from
+the stage and checkpoint it reached and writes every artefact with the documented keys."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from extdm_diffusers import ExtDMPipeline
+from extdm_diffusers.quickstart import main
+
+TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "4", "--dm_steps", "3", "--batch_size", "4",
+        "--checkpointing_steps", "2", "--num_inference_steps", "2", "--ae_width", "8", "--feature_width", "32",
+        "--dm_width", "8", "--eval_pred_frames", "6"]
+
+
+def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, caplog):
+    out = tmp_path / "qs"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "extdm_diffusers.quickstart", "--output_dir", str(out), *TINY],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    marker = out / "flow_autoencoder" / "checkpoint-2" / "CHECKPOINT_COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # killed in the autoencoder stage, after its first checkpoint
+    process.wait()
+    assert marker.exists()
+    state = json.loads((out / "quickstart_state.json").read_text())
+    assert state["done"] == ["data"]
+
+    caplog.set_level(logging.INFO)
+    metrics = main(["--output_dir", str(out), *TINY])
+    assert any("resumed from" in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records)
+    state = json.loads((out / "quickstart_state.json").read_text())
+    assert state["done"] == ["data", "autoencoder", "denoiser", "evaluation"]
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics and saved["num_videos"] == 3
+    for method in ("extdm", "copy_last_frame", "autoencoder"):
+        assert set(saved[method]) == {"psnr", "ssim"} and all(np.isfinite(v) for v in saved[method].values())
+    assert "one sample per video" in saved["description"]
+
+    card = (out / "pipeline" / "README.md").read_text()
+    assert "model-index" in card and "ExtDMPipeline" in card
+    pipe = ExtDMPipeline.from_pretrained(out / "pipeline")
+    assert (pipe.num_cond_frames, pipe.num_pred_frames, pipe.flow_autoencoder.config.sample_size) == (5, 5, 32)
+    gif = Image.open(out / "predictions.gif")
+    assert gif.n_frames == 6 and gif.size == (2 * 3 * 32, 2 * 3 * 32)  # condition | truth | prediction, a row per video
+
+    again = main(["--output_dir", str(out), *TINY])  # a finished run only reports
+    assert again == metrics
