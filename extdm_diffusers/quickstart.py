@@ -51,10 +51,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     model.add_argument("--feature_width", type=int, default=64, help="channels of the autoencoder's bottleneck features")
     train = parser.add_argument_group("training")
     train.add_argument("--ae_steps", type=int, default=600)
-    train.add_argument("--dm_steps", type=int, default=1200)
+    train.add_argument("--dm_steps", type=int, default=500)
     train.add_argument("--ae_learning_rate", type=float, default=5e-4)
-    train.add_argument("--dm_learning_rate", type=float, default=5e-4)
-    train.add_argument("--batch_size", type=int, default=32)
+    train.add_argument("--dm_learning_rate", type=float, default=1e-3)
+    train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
+    train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
     train.add_argument("--num_inference_steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -112,10 +113,11 @@ def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
-def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: float, model_config: Dict[str, Any]) -> List[str]:
+def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: float, batch_size: int,
+                   model_config: Dict[str, Any]) -> List[str]:
     return [
         "--benchmark", "smmnist", "--dataset_dir", str(out / "data"), "--output_dir", str(stage_dir),
-        "--model_config", json.dumps(model_config), "--train_batch_size", str(args.batch_size),
+        "--model_config", json.dumps(model_config), "--train_batch_size", str(batch_size),
         "--max_train_steps", str(steps), "--learning_rate", str(learning_rate), "--seed", str(args.seed),
         "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "1",
         "--resume_from_checkpoint", "latest", "--validation_steps", str(10 * steps), "--report_to", "none",
@@ -187,10 +189,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     stage("data", build_data)
     stage("autoencoder", lambda: train_flow_ae_main(
-        _training_argv(args, out, out / "flow_autoencoder", args.ae_steps, args.ae_learning_rate, autoencoder_config(args))
+        _training_argv(args, out, out / "flow_autoencoder", args.ae_steps, args.ae_learning_rate, args.ae_batch_size,
+                       autoencoder_config(args))
         + ["--perceptual_loss", "none"]))
     stage("denoiser", lambda: train_dm_main(
-        _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, denoiser_config(args))
+        _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, args.dm_batch_size,
+                       denoiser_config(args))
         + ["--flow_autoencoder", str(out / "flow_autoencoder")]))
 
     def evaluate() -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from extdm_diffusers import ExtDMPipeline
 from extdm_diffusers.quickstart import main
 
-TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "4", "--dm_steps", "3", "--batch_size", "4",
+TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "4", "--dm_steps", "3", "--ae_batch_size", "4", "--dm_batch_size", "2",
         "--checkpointing_steps", "2", "--num_inference_steps", "2", "--ae_width", "8", "--feature_width", "32",
         "--dm_width", "8", "--eval_pred_frames", "6"]
 
