@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from extdm_diffusers import ExtDMPipeline
+from extdm_diffusers.convert import main as convert_main
 from extdm_diffusers.conversion import (
     ARCHITECTURE_PRESETS,
     CheckpointConversionError,
@@ -88,12 +89,18 @@ def test_unet_kwargs_merge_over_the_architecture_defaults_and_mismatches_name_th
         (lambda d: torch.save({"generator": {}}, d / "nodiff.pth"), {"dm": "nodiff.pth"}, r"nodiff\.pth has no 'diffusion' entry"),
     ],
 )
-def test_cli_answers_bad_input_with_one_line_and_exit_code_2(tmp_path, prepare, kwargs, message):
+def test_cli_answers_bad_input_with_one_line_and_exit_code_2(tmp_path, capsys, prepare, kwargs, message):
+    """In-process (``main`` is what ``python -m extdm_diffusers.convert`` runs; the test above runs that)."""
     _write_case(tmp_path)
     prepare(tmp_path)
-    result = _convert(tmp_path, **kwargs)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    files = {"ae": "ae.pth", "dm": "dm.pth", "config": "dm.yaml", **kwargs}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["--ae_checkpoint", str(tmp_path / files["ae"]), "--dm_checkpoint", str(tmp_path / files["dm"]),
+                      "--config", str(tmp_path / files["config"]), "--output_dir", str(tmp_path / "converted")])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("python -m extdm_diffusers.convert: error: ")
     assert __import__("re").search(message, lines[0]), lines[0]

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
