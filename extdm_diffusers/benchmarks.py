@@ -17,6 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
+from .config_utils import deep_merge
 from .data.sampling import ClipAugmentation
 
 if TYPE_CHECKING:  # the registry is imported by the data package; models are imported lazily
@@ -152,17 +153,6 @@ class Benchmark:
         autoencoder = FlowAutoencoder(**self.flow_autoencoder_config()).eval()
         unet = ExtDMUNet3DModel(**self.unet_config(autoencoder.feature_channels, **unet_overrides)).eval()
         return ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler())
-
-
-def deep_merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """``overrides`` merged into a deep copy of ``base``: nested dicts merge key by key, anything else replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _flow_params(num_regions: int, scale_factor: float = 0.5, bg_type: str = "affine") -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..config_utils import deep_merge
 from .background_motion_predictor import BackgroundMotionPredictor
 from .frame_generator import FrameGenerator
 from .pixelwise_flow_predictor import PixelwiseFlowPredictor
@@ -96,16 +97,6 @@ class FlowAutoencoderDecoderOutput(BaseOutput):
     deformed: torch.Tensor = None
 
 
-def _merged(defaults: Dict[str, Any], given: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    merged = copy.deepcopy(defaults)
-    for key, value in (given or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 class FlowAutoencoder(ModelMixin, ConfigMixin):
     """The motion autoencoder. Config fields mirror the original YAML's ``flow_params.model_params``:
     nested ``*_params`` dicts are merged over the defaults above, so a partial dict is enough.
@@ -126,9 +117,9 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         sample_size: Optional[int] = None,
     ):
         super().__init__()
-        bg_params = _merged(DEFAULT_BG_PREDICTOR_PARAMS, bg_predictor_params)
-        region_params = _merged(DEFAULT_REGION_PREDICTOR_PARAMS, region_predictor_params)
-        generator_params = _merged(DEFAULT_GENERATOR_PARAMS, generator_params)
+        bg_params = deep_merge(DEFAULT_BG_PREDICTOR_PARAMS, bg_predictor_params)
+        region_params = deep_merge(DEFAULT_REGION_PREDICTOR_PARAMS, region_predictor_params)
+        generator_params = deep_merge(DEFAULT_GENERATOR_PARAMS, generator_params)
         # Register the resolved parameters, not the partial ones given: the saved config then describes the
         # architecture completely, whatever the defaults in code become.
         self.register_to_config(
