@@ -27,7 +27,7 @@ def run_one(name: str, device: str, dtype: torch.dtype, batch_size: int, repeats
     config = BENCHMARKS[name]
     pipe = config.random_pipeline().to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    video = torch.rand(batch_size, config.evaluation.cond_frames, 3, config.frame_size, config.frame_size, device=device)
+    video = torch.rand(batch_size, config.evaluation.cond_frames, 3, config.frame_size, config.frame_size, device=device, dtype=dtype)
     kwargs = dict(num_frames=config.evaluation.pred_frames, num_inference_steps=steps, output_type="pt",
                   generator=torch.Generator(device).manual_seed(0))
     pipe(video, **kwargs)  # warm-up

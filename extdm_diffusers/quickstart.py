@@ -54,6 +54,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument("--dm_steps", type=int, default=500)
     train.add_argument("--ae_learning_rate", type=float, default=5e-4)
     train.add_argument("--dm_learning_rate", type=float, default=1e-3)
+    train.add_argument("--ae_lr_scheduler", default="constant", help="train_flow_ae's --lr_scheduler")
+    train.add_argument("--dm_lr_scheduler", default="constant", help="train_dm's --lr_scheduler")
+    train.add_argument("--dm_lr_warmup_steps", type=int, default=0)
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
@@ -113,12 +116,13 @@ def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
-def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: float, batch_size: int,
+def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: float, lr_scheduler: str, batch_size: int,
                    model_config: Dict[str, Any]) -> List[str]:
     return [
         "--benchmark", "smmnist", "--dataset_dir", str(out / "data"), "--output_dir", str(stage_dir),
         "--model_config", json.dumps(model_config), "--train_batch_size", str(batch_size),
-        "--max_train_steps", str(steps), "--learning_rate", str(learning_rate), "--seed", str(args.seed),
+        "--max_train_steps", str(steps), "--learning_rate", str(learning_rate), "--lr_scheduler", lr_scheduler,
+        "--seed", str(args.seed),
         "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "1",
         "--resume_from_checkpoint", "latest", "--validation_steps", str(10 * steps), "--report_to", "none",
     ]
@@ -189,13 +193,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     stage("data", build_data)
     stage("autoencoder", lambda: train_flow_ae_main(
-        _training_argv(args, out, out / "flow_autoencoder", args.ae_steps, args.ae_learning_rate, args.ae_batch_size,
+        _training_argv(args, out, out / "flow_autoencoder", args.ae_steps, args.ae_learning_rate, args.ae_lr_scheduler, args.ae_batch_size,
                        autoencoder_config(args))
         + ["--perceptual_loss", "none"]))
     stage("denoiser", lambda: train_dm_main(
-        _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, args.dm_batch_size,
+        _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, args.dm_lr_scheduler, args.dm_batch_size,
                        denoiser_config(args))
-        + ["--flow_autoencoder", str(out / "flow_autoencoder")]))
+        + ["--flow_autoencoder", str(out / "flow_autoencoder"), "--lr_warmup_steps", str(args.dm_lr_warmup_steps)]))
 
     def evaluate() -> None:
         status = evaluate_main([

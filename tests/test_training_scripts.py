@@ -123,8 +123,9 @@ def test_dm_resume_is_bit_identical(workspace):
     from extdm_diffusers.training import train_dm
 
     # 6 videos / batch 2 = 3 batches per epoch: the 4 steps cross an epoch boundary, the checkpoint sits mid-epoch
+    # a diffusers LR schedule with warm-up: its state must come back with the checkpoint too
     extra = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "100", "--use_ema",
-             "--log_reconstruction_steps", "0")
+             "--log_reconstruction_steps", "0", "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "1")
     full = workspace["root"] / "dm-full"
     train_dm.main(dm_argv(workspace, full, *extra))
     resumed = workspace["root"] / "dm-resumed"
@@ -134,6 +135,18 @@ def test_dm_resume_is_bit_identical(workspace):
     assert result["global_step"] == 4
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 3  # it did resume: steps 1-2 came from the checkpoint
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    expected = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=4)
+    lrs = []
+    for _ in range(4):
+        optimizer.step()
+        expected.step()
+        lrs.append(expected.get_last_lr()[0])
+    records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["lr"] for r in records if "lr" in r]
+    assert logged == pytest.approx(lrs[2:])  # the schedule continued where the checkpoint left it
     a, b = unet_state(full), unet_state(resumed)  # the EMA weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     from safetensors.torch import load_file
@@ -170,6 +183,8 @@ def test_flow_ae_resume_is_bit_identical(workspace):
     ("dm", ["--model_config", json.dumps(dict(TINY_UNET, num_cond_frames=10, num_pred_frames=5))], "fewer than the 15 frames"),
     ("ae", ["--model_config", json.dumps(dict(TINY_AE, sample_size=64))], "64x64"),
     ("dm", ["--flow_autoencoder", "/nonexistent/ae"], "--flow_autoencoder"),
+    ("dm", ["--lr_warmup_steps", "5"], "--lr_warmup_steps: --lr_scheduler multistep has no warm-up"),
+    ("ae", ["--lr_scheduler", "cosine", "--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0"),
 ])
 def test_bad_inputs_fail_before_training(workspace, tmp_path, script, extra, message):
     from extdm_diffusers.training import TrainingArgumentError, train_dm, train_flow_ae

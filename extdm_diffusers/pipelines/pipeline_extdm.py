@@ -324,6 +324,10 @@ class ExtDMPipeline(DiffusionPipeline):
 
         device = self._execution_device
         dtype = self.unet.dtype
+        # The motion is a sampling grid: in bfloat16 its coordinates would round to 1/128 of the frame (a quarter
+        # pixel at 64 px) at every step. The scheduler therefore updates it in at least float32, and only the
+        # U-Net's input is cast to the U-Net's dtype.
+        latent_dtype = torch.promote_types(dtype, torch.float32)
         frames = frames.to(device=device, dtype=self.flow_autoencoder.dtype)
         cond, pred = self.num_cond_frames, self.num_pred_frames
         num_windows = -(-num_frames // pred)
@@ -335,7 +339,7 @@ class ExtDMPipeline(DiffusionPipeline):
         # 1. Encode the observed frames once per video, then share the condition among its samples.
         condition = self.encode_condition(frames, use_occlusion).repeat_interleave(num_samples_per_video)
         motion_size = tuple(condition.cond_motion.shape[-2:])
-        latents = self.check_latents(latents, batch_size, motion_size, num_windows, dtype, device)
+        latents = self.check_latents(latents, batch_size, motion_size, num_windows, latent_dtype, device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         predicted_frames, predicted_motion = [], []
@@ -345,7 +349,7 @@ class ExtDMPipeline(DiffusionPipeline):
                 if latents is not None and (window == 0 or latents.shape[2] > pred):
                     sample = latents[:, :, window * pred : (window + 1) * pred]
                 else:
-                    sample = randn_tensor((batch_size, 3, pred, *motion_size), generator=generator, device=device, dtype=dtype)
+                    sample = randn_tensor((batch_size, 3, pred, *motion_size), generator=generator, device=device, dtype=latent_dtype)
                 sample = sample * self.scheduler.init_noise_sigma
                 cond_motion = condition.cond_motion.to(dtype)
                 cond_features = condition.cond_features.to(dtype)
@@ -357,8 +361,8 @@ class ExtDMPipeline(DiffusionPipeline):
                     self.scheduler.set_timesteps(num_inference_steps, device=device)  # multistep solvers keep state
                 for i, t in enumerate(timesteps):
                     model_input = self.scheduler.scale_model_input(sample, t)
-                    noise_pred = self.unet(model_input, t, cond_motion, cond_features, precomputed_features=prepared).sample
-                    sample = self.scheduler.step(noise_pred, t, sample, **extra_step_kwargs).prev_sample
+                    noise_pred = self.unet(model_input.to(dtype), t, cond_motion, cond_features, precomputed_features=prepared).sample
+                    sample = self.scheduler.step(noise_pred.to(latent_dtype), t, sample, **extra_step_kwargs).prev_sample
                     if not torch.isfinite(sample).all():
                         raise FloatingPointError(
                             f"the denoised motion became NaN or infinite in window {window + 1}/{num_windows} at step "

@@ -32,6 +32,9 @@ TRAINING_STATE_FILE = "training_state.json"
 METRICS_FILE = "metrics.jsonl"
 
 
+LR_SCHEDULERS = ("multistep", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
 class TrainingArgumentError(ValueError):
     """A bad command-line value, found before training starts; the message names the argument."""
 
@@ -50,6 +53,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_train_steps", type=int, default=None,
                         help="optimizer steps (default: the original's epochs x ceil(repeats x videos / global batch))")
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the benchmark's")
+    parser.add_argument("--lr_scheduler", default="multistep", choices=LR_SCHEDULERS,
+                        help="multistep: the original's MultiStepLR at the benchmark's milestones; the others are "
+                             "diffusers.optimization.get_scheduler's, over --max_train_steps")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps (not with multistep)")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--max_grad_norm", type=float, default=None, help="gradient clipping (the original: none)")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
@@ -83,6 +90,11 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         raise TrainingArgumentError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise TrainingArgumentError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.lr_warmup_steps < 0:
+        raise TrainingArgumentError(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
+    if args.lr_scheduler in ("multistep", "constant") and args.lr_warmup_steps:
+        raise TrainingArgumentError(f"--lr_warmup_steps: --lr_scheduler {args.lr_scheduler} has no warm-up; use "
+                                    "constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial")
     if args.push_to_hub and not args.hub_model_id:
         raise TrainingArgumentError("--push_to_hub needs --hub_model_id REPO")
     if not 0 < args.ema_decay < 1:
@@ -97,6 +109,17 @@ def check_common_arguments(args: argparse.Namespace) -> None:
                 raise TrainingArgumentError(
                     "--report_to tensorboard needs tensorboard: pip install tensorboard (or use --report_to wandb|none)"
                 ) from None
+
+
+def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, training, max_train_steps: int):
+    """The learning-rate schedule, stepped once per optimizer step: the original's MultiStepLR at the benchmark's
+    milestones, or one of diffusers' schedules over ``max_train_steps``."""
+    if args.lr_scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(training.lr_milestones), gamma=training.lr_gamma)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                         num_training_steps=max_train_steps)
 
 
 def resolve_benchmark(name: str):

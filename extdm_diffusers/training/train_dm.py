@@ -10,7 +10,8 @@ What a step does (the original ``scripts/DM/train.py`` with the u22 diffusion wr
   frame; motion = [grid x, grid y, 2·occlusion−1] of every frame; the feature condition;
 * target = the future frames' motion; t ~ U{0..999}; epsilon-prediction MSE (``denoising_loss``, noised with
   ``ExtDMDDIMScheduler.add_noise``: cosine schedule, 1000 steps);
-* AdamW (betas (0.9, 0.999), wd 0) and MultiStepLR stepped per optimizer step with the benchmark's milestones;
+* AdamW (betas (0.9, 0.999), wd 0) and MultiStepLR stepped per optimizer step with the benchmark's milestones
+  (or `--lr_scheduler` cosine, linear, ... from diffusers, with `--lr_warmup_steps`);
 * ``rec_loss`` / ``rec_warp_loss`` (L1 between the real future frames and the decoder's frames from the
   thresholded x̂0, with and without the occlusion blend) are logged every ``--log_reconstruction_steps``: metrics
   only, as in the original where they carry no gradient.
@@ -250,7 +251,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, betas=training.adam_betas,
                                   eps=args.adam_epsilon, weight_decay=training.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(training.lr_milestones), gamma=training.lr_gamma)
+    lr_scheduler = common.make_lr_scheduler(args, optimizer, training, max_train_steps)
     ema = None
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=ExtDMUNet3DModel, model_config=unet.config)

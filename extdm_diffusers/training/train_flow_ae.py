@@ -249,7 +249,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
     model = AutoencoderWithLoss(autoencoder, loss_fn)
     loss_fn.to(accelerator.device)
     optimizer = torch.optim.Adam(autoencoder.parameters(), lr=learning_rate, betas=training.adam_betas)
-    lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(training.lr_milestones), gamma=training.lr_gamma)
+    lr_scheduler = common.make_lr_scheduler(args, optimizer, training, max_train_steps)
     ema = None
     if args.use_ema:
         ema = EMAModel(autoencoder.parameters(), decay=args.ema_decay, model_cls=FlowAutoencoder, model_config=autoencoder.config)
