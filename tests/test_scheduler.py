@@ -69,3 +69,37 @@ def test_errors():
     scheduler.set_timesteps(10)
     with pytest.raises(ValueError, match="timestep 5 is not one of this scheduler's timesteps"):
         scheduler.step(torch.zeros(1), 5, torch.zeros(1))
+
+
+def test_v_prediction_recovers_x0_and_noise_and_steps_as_epsilon():
+    # v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0: the scheduler maps a perfect v back to x0 and ε, and its DDIM step is the
+    # ε-scheduler's step with that ε (x0 inside [-1, 1]: the dynamic threshold leaves it alone)
+    eps_scheduler, v_scheduler = ExtDMDDIMScheduler(), ExtDMDDIMScheduler(prediction_type="v_prediction")
+    x0, noise = torch.rand(4, 3, 2, 8, 8) * 1.8 - 0.9, torch.randn(4, 3, 2, 8, 8)
+    t = torch.tensor([3, 300, 700, 999])
+    noisy = v_scheduler.add_noise(x0, noise, t)
+    velocity = v_scheduler.get_velocity(x0, noise, t)
+    ac = v_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(velocity, ac.sqrt() * noise - (1 - ac).sqrt() * x0)
+    torch.testing.assert_close(v_scheduler.predict_original_sample(velocity, t, noisy), x0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(v_scheduler.predict_noise(velocity, t, noisy), noise, rtol=0, atol=1e-5)
+    for scheduler in (eps_scheduler, v_scheduler):
+        scheduler.set_timesteps(10)
+    step = torch.full((4,), 818)
+    noisy = v_scheduler.add_noise(x0, noise, step)
+    generator = torch.Generator().manual_seed(0)
+    expected = eps_scheduler.step(noise, 818, noisy, eta=1.0, generator=generator)
+    got = v_scheduler.step(v_scheduler.get_velocity(x0, noise, step), 818, noisy, eta=1.0, generator=generator.manual_seed(0))
+    torch.testing.assert_close(got.pred_original_sample, expected.pred_original_sample, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=0, atol=1e-5)
+    # an ε-scheduler passes the model output through unchanged
+    assert eps_scheduler.predict_noise(noise, 818, noisy) is noise
+
+
+def test_v_prediction_survives_stock_schedulers_and_reload(tmp_path):
+    scheduler = ExtDMDDIMScheduler(prediction_type="v_prediction")
+    scheduler.save_pretrained(tmp_path)
+    assert ExtDMDDIMScheduler.from_pretrained(tmp_path).config.prediction_type == "v_prediction"
+    assert DDIMScheduler.from_config(scheduler.config).config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        ExtDMDDIMScheduler(prediction_type="sample")

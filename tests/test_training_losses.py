@@ -277,3 +277,26 @@ def test_denoising_loss_noises_with_the_scheduler_and_backpropagates():
     a = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1))
     b = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_denoising_loss_targets_the_velocity_for_v_prediction_and_weights_min_snr():
+    scheduler, unet = ExtDMDDIMScheduler(prediction_type="v_prediction"), _LinearDenoiser()
+    clean, noise = torch.rand(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    cond_motion, cond_features = torch.rand(2, 3, 2, 8, 8), torch.rand(2, 5, 6, 4, 4)
+    timesteps = torch.tensor([10, 900])
+    loss = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise)
+    sample = unet.calls[0][0]
+    velocity = scheduler.get_velocity(clean, noise, timesteps)
+    torch.testing.assert_close(loss, ((0.5 * sample - velocity) ** 2).mean())
+    # Min-SNR-γ: per-sample MSE times min(SNR, γ) / (SNR + 1) for v, min(SNR, γ) / SNR for ε
+    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+    per_sample = ((0.5 * sample - velocity) ** 2).mean(dim=(1, 2, 3, 4))
+    weighted = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0)
+    torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5) / (snr + 1)).mean())
+    eps_scheduler = ExtDMDDIMScheduler()
+    weighted = denoising_loss(unet, eps_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0)
+    per_sample = ((0.5 * sample - noise) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5) / snr).mean())
+    assert snr[0] > 5 > snr[1]  # t=10 is down-weighted, t=900 keeps weight one
+    with pytest.raises(ValueError, match="`snr_gamma` must be > 0"):
+        denoising_loss(unet, eps_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=0)

@@ -119,6 +119,21 @@ def test_flow_ae_trains_saves_and_feeds_the_denoiser(workspace):
     assert train_dm.load_flow_autoencoder(str(dm_out)).config.num_regions == 2
 
 
+def test_dm_v_prediction_with_min_snr_is_saved_in_the_pipeline(workspace):
+    from extdm_diffusers.pipelines import ExtDMPipeline
+    from extdm_diffusers.training import train_dm
+
+    losses = {}
+    for name, extra in (("epsilon", []), ("v", ["--prediction_type", "v_prediction", "--snr_gamma", "5"])):
+        out = workspace["root"] / f"dm-{name}"
+        train_dm.main(dm_argv(workspace, out, "--max_train_steps", "1", "--seed", "3", *extra))
+        losses[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+        scheduler = ExtDMPipeline.from_pretrained(out).scheduler
+        assert scheduler.config.prediction_type == ("epsilon" if name == "epsilon" else "v_prediction")
+    # same seed, data, noise and initial weights: only the target and the weighting differ
+    assert np.isfinite(losses["v"]) and losses["v"] != losses["epsilon"]
+
+
 def test_dm_resume_is_bit_identical(workspace):
     from extdm_diffusers.training import train_dm
 
@@ -185,6 +200,7 @@ def test_flow_ae_resume_is_bit_identical(workspace):
     ("dm", ["--flow_autoencoder", "/nonexistent/ae"], "--flow_autoencoder"),
     ("dm", ["--lr_warmup_steps", "5"], "--lr_warmup_steps: --lr_scheduler multistep has no warm-up"),
     ("ae", ["--lr_scheduler", "cosine", "--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0"),
+    ("dm", ["--snr_gamma", "0"], "--snr_gamma must be > 0"),
 ])
 def test_bad_inputs_fail_before_training(workspace, tmp_path, script, extra, message):
     from extdm_diffusers.training import TrainingArgumentError, train_dm, train_flow_ae

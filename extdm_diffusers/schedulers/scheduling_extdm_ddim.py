@@ -45,6 +45,12 @@ def original_cosine_alphas_cumprod(num_train_timesteps: int, s: float = 0.008, m
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+# "epsilon": the original (the released checkpoints). "v_prediction" (Salimans & Ho 2022): the denoiser predicts
+# sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0, which is nearly −x0 at high noise, where ε-prediction must reproduce its noisy
+# input almost exactly and, trained briefly, yields poor x0 and a chain that never recovers.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
 class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
@@ -66,8 +72,8 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k != "_use_default_values"})
         if beta_schedule != "squaredcos_cap_v2":
             raise ValueError(f"ExtDMDDIMScheduler implements the original cosine schedule only ('squaredcos_cap_v2'), got {beta_schedule!r}")
-        if prediction_type != "epsilon":
-            raise ValueError(f"ExtDMDDIMScheduler supports `prediction_type='epsilon'` only, got {prediction_type!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         alphas_cumprod = original_cosine_alphas_cumprod(num_train_timesteps, max_beta=max_beta)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         # float64 maths cast to float32, exactly as the original's registered buffers
@@ -106,17 +112,40 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
     def predict_original_sample(
         self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor
     ) -> torch.Tensor:
-        """x̂0 from the predicted noise at ``timestep`` (a number, or one per sample), thresholded (or clipped) as
-        the original sampler does: what ``step`` uses, and what training decodes to log reconstruction losses."""
-        t = torch.as_tensor(timestep).cpu().long()
-        a, b = self.sqrt_recip_alphas_cumprod[t], self.sqrt_recipm1_alphas_cumprod[t]
-        if t.ndim:
-            shape = (-1,) + (1,) * (sample.ndim - 1)
-            a, b = a.to(sample.device).view(shape), b.to(sample.device).view(shape)
-        x0 = a * sample - b * model_output
+        """x̂0 from the denoiser's output (noise or velocity, per ``prediction_type``) at ``timestep`` (a number,
+        or one per sample), thresholded (or clipped) as the original sampler does: what ``step`` uses, and what
+        training decodes to log reconstruction losses."""
+        if self.config.prediction_type == "v_prediction":
+            signal, noise = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+            x0 = signal * sample - noise * model_output
+        else:
+            a, b = self._coefficients(timestep, sample, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
+            x0 = a * sample - b * model_output
         if self.config.thresholding:
             return self._threshold(x0)
         return x0.clamp(-1, 1) if self.config.clip_sample else x0
+
+    def predict_noise(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
+        """ε̂: the denoiser's output itself, or for ``v_prediction`` sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v."""
+        if self.config.prediction_type != "v_prediction":
+            return model_output
+        signal, noise = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        return noise * sample + signal * model_output
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The ``v_prediction`` training target sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (diffusers' ``get_velocity``)."""
+        signal, sigma = self._coefficients(timesteps, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        return signal * noise - sigma * sample
+
+    @staticmethod
+    def _coefficients(timestep, sample: torch.Tensor, *tables: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Each table at ``timestep`` (a number, or one per sample, broadcast over ``sample``)."""
+        t = torch.as_tensor(timestep).cpu().long()
+        values = tuple(table[t] for table in tables)
+        if t.ndim:
+            shape = (-1,) + (1,) * (sample.ndim - 1)
+            values = tuple(v.to(sample.device).view(shape) for v in values)
+        return values
 
     def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
         dtype = x0.dtype
@@ -135,7 +164,8 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         variance_noise: Optional[torch.Tensor] = None,
         return_dict: bool = True,
     ) -> Union[ExtDMDDIMSchedulerOutput, Tuple]:
-        """One DDIM step of the original sampler from ``timestep`` to the next time of the grid."""
+        """One DDIM step of the original sampler from ``timestep`` to the next time of the grid (``model_output``:
+        the predicted noise, or velocity with ``prediction_type="v_prediction"``)."""
         if self.num_inference_steps is None:
             raise ValueError("call `set_timesteps` before `step`")
         index = self._index(timestep)
@@ -143,6 +173,7 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         alpha, alpha_next = self.alphas_cumprod_prev[t], self.alphas_cumprod_prev[t_next]
 
         x0 = self.predict_original_sample(model_output, t, sample)
+        model_output = self.predict_noise(model_output, t, sample)
 
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
         c = ((1 - alpha_next) - sigma**2).sqrt()

@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 
@@ -18,16 +19,22 @@ def denoising_loss(
     timesteps: Union[torch.Tensor, int],
     noise: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    snr_gamma: Optional[float] = None,
 ) -> torch.Tensor:
-    """Epsilon-prediction MSE on the predicted frames.
+    """MSE of the predicted noise (or velocity, for a ``v_prediction`` scheduler) on the predicted frames.
 
     ``clean_motion`` (B, 3, P, h, w), the future motion, is noised to ``timesteps`` with ``scheduler.add_noise``
     (an ``ExtDMDDIMScheduler``: the original's q_sample); the denoiser sees the clean ``cond_motion`` and
-    ``cond_features`` (as in ``ExtDMUNet3DModel.forward``) and predicts the noise of the P frames. The loss is a
+    ``cond_features`` (as in ``ExtDMUNet3DModel.forward``) and predicts the noise of the P frames (the
+    original), or their velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 when ``scheduler.config.prediction_type`` is
+    ``"v_prediction"``. The loss is a
     plain mean over everything (``F.mse_loss``), as the original: no per-timestep weighting.
 
     ``timesteps``: (B,) integers in [0, num_train_timesteps) (the original draws them uniformly) or one int.
     ``noise``: defaults to a standard normal draw with ``generator``.
+    ``snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023, diffusers' ``--snr_gamma``): each sample's MSE is
+    weighted by min(SNR(t), γ) / SNR(t), so the nearly noise-free steps, where the noise is hard to predict and
+    matters little, stop dominating the gradient. ``None`` (the original): the plain mean.
     """
     if not isinstance(clean_motion, torch.Tensor) or clean_motion.ndim != 5:
         got = tuple(clean_motion.shape) if isinstance(clean_motion, torch.Tensor) else type(clean_motion).__name__
@@ -47,9 +54,24 @@ def denoising_loss(
     elif noise.shape != clean_motion.shape:
         raise ValueError(f"`noise` must have the shape of `clean_motion` {tuple(clean_motion.shape)}, got {tuple(noise.shape)}")
 
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean_motion, noise, timesteps)
+    else:
+        raise ValueError(f"the scheduler's `prediction_type` must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
     predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
-    return F.mse_loss(predicted, noise)
+    if snr_gamma is None:
+        return F.mse_loss(predicted, target)
+    if snr_gamma <= 0:
+        raise ValueError(f"`snr_gamma` must be > 0 (or None for no weighting), got {snr_gamma}")
+    snr = compute_snr(scheduler, timesteps)
+    # min(SNR, γ) weights the x0 error; in ε units that is min(SNR, γ) / SNR, in v units min(SNR, γ) / (SNR + 1)
+    weights = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=tuple(range(1, predicted.ndim)))
+    return (per_sample * weights).mean()
 
 
 __all__ = ["denoising_loss"]

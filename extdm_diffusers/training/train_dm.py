@@ -9,7 +9,8 @@ What a step does (the original ``scripts/DM/train.py`` with the u22 diffusion wr
   ``encode_condition`` call (the same function the pipeline samples with): reference = the last observed
   frame; motion = [grid x, grid y, 2·occlusion−1] of every frame; the feature condition;
 * target = the future frames' motion; t ~ U{0..999}; epsilon-prediction MSE (``denoising_loss``, noised with
-  ``ExtDMDDIMScheduler.add_noise``: cosine schedule, 1000 steps);
+  ``ExtDMDDIMScheduler.add_noise``: cosine schedule, 1000 steps); ``--prediction_type v_prediction`` and
+  ``--snr_gamma`` (Min-SNR-γ) are options beyond the original, for short trainings;
 * AdamW (betas (0.9, 0.999), wd 0) and MultiStepLR stepped per optimizer step with the benchmark's milestones
   (or `--lr_scheduler` cosine, linear, ... from diffusers, with `--lr_warmup_steps`);
 * ``rec_loss`` / ``rec_warp_loss`` (L1 between the real future frames and the decoder's frames from the
@@ -49,6 +50,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="FlowAutoencoder folder (train_flow_ae.py's --output_dir) or a pipeline folder with a "
                              "flow_autoencoder/ subfolder")
     parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--prediction_type", choices=["epsilon", "v_prediction"], default="epsilon",
+                        help="what the denoiser predicts: the noise (the original) or the velocity, which learns "
+                             "the high-noise steps far sooner (saved in the pipeline's scheduler config)")
+    parser.add_argument("--snr_gamma", type=float, default=None,
+                        help="Min-SNR-γ loss weighting (5.0 is the paper's choice; the original ExtDM: none)")
     parser.add_argument("--log_reconstruction_steps", type=int, default=100,
                         help="log rec_loss / rec_warp_loss every N steps (0: never); they cost one decoder call")
     parser.add_argument("--validation_inference_steps", type=int, default=None,
@@ -83,13 +89,13 @@ def load_flow_autoencoder(path: str):
         raise TrainingArgumentError(f"--flow_autoencoder: cannot load a FlowAutoencoder from {path!r}: {error}") from error
 
 
-def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timesteps, eps, future_frames, use_occlusion):
+def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timesteps, model_output, future_frames, use_occlusion):
     """rec_loss, rec_warp_loss: L1 between the real future frames and the frames decoded from the thresholded
     x̂0 (with the occlusion blend, and the plain warp)."""
     with torch.no_grad():
         target = condition.future_motion.float()
         noisy = scheduler.add_noise(target, noise.float(), timesteps)
-        x0 = scheduler.predict_original_sample(eps.float(), timesteps, noisy)
+        x0 = scheduler.predict_original_sample(model_output.float(), timesteps, noisy)
         motion = x0.transpose(1, 2).to(condition.reference.dtype)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
         decoded = flow_autoencoder.decode(condition.reference, motion[:, :, :2], occlusion)
@@ -132,7 +138,8 @@ def validate_and_save(args, accelerator, benchmark, unet, ema, flow_autoencoder,
     model.eval()
     results: Dict[str, float] = {}
     try:
-        pipe = ExtDMPipeline(flow_autoencoder=flow_autoencoder, unet=model, scheduler=ExtDMDDIMScheduler())
+        pipe = ExtDMPipeline(flow_autoencoder=flow_autoencoder, unet=model,
+                             scheduler=ExtDMDDIMScheduler(prediction_type=args.prediction_type))
         pipe.set_progress_bar_config(disable=True)
         pipe.save_pretrained(args.output_dir)
         common.write_model_card(
@@ -189,6 +196,8 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
 
     # ---- every check before any training --------------------------------------------------------------
     common.check_common_arguments(args)
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        raise TrainingArgumentError(f"--snr_gamma must be > 0, got {args.snr_gamma}")
     if args.log_reconstruction_steps < 0:
         raise TrainingArgumentError(f"--log_reconstruction_steps must be >= 0, got {args.log_reconstruction_steps}")
     benchmark = common.resolve_benchmark(args.benchmark)
@@ -256,7 +265,7 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=ExtDMUNet3DModel, model_config=unet.config)
         ema.to(accelerator.device)
-    noise_scheduler = ExtDMDDIMScheduler()
+    noise_scheduler = ExtDMDDIMScheduler(prediction_type=args.prediction_type)
 
     unet, optimizer = accelerator.prepare(unet, optimizer)
     # the LR schedule is not prepared: accelerate would step it once per process; ours counts optimizer steps
@@ -302,11 +311,11 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
             captured = {}
             hook = None
             if log_reconstruction and micro == accumulation - 1:
-                hook = model.register_forward_hook(lambda m, i, o: captured.__setitem__("eps", o.sample.detach()))
+                hook = model.register_forward_hook(lambda m, i, o: captured.__setitem__("output", o.sample.detach()))
             sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(unet)
             with sync:
                 loss = denoising_loss(unet, noise_scheduler, target, condition.cond_motion.float(),
-                                      condition.cond_features.float(), timesteps, noise=noise)
+                                      condition.cond_features.float(), timesteps, noise=noise, snr_gamma=args.snr_gamma)
                 accelerator.backward(loss / accumulation)
             if hook is not None:
                 hook.remove()
@@ -324,9 +333,9 @@ def main(args_or_argv: Union[argparse.Namespace, Sequence[str], None] = None) ->
         if global_step % args.logging_steps == 0 or global_step == max_train_steps or log_reconstruction:
             last_loss = accelerator.gather(step_loss[None]).mean().item()
             values = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "epoch": micro_index // per_epoch}
-            if log_reconstruction and "eps" in captured:
+            if log_reconstruction and "output" in captured:
                 values.update(reconstruction_metrics(frozen_ae, noise_scheduler, condition, noise, timesteps,
-                                                     captured["eps"], frames[:, num_cond:], use_occlusion_train))
+                                                     captured["output"], frames[:, num_cond:], use_occlusion_train))
             metrics_log.log(values, global_step)
             progress_bar.set_postfix(loss=f"{values['loss']:.4g}")
             if accelerator.is_main_process:
