@@ -15,7 +15,7 @@ from PIL import Image
 from extdm_diffusers import ExtDMPipeline
 from extdm_diffusers.quickstart import main
 
-TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "4", "--dm_steps", "3", "--ae_batch_size", "4", "--dm_batch_size", "2",
+TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "30", "--dm_steps", "3", "--ae_batch_size", "4", "--dm_batch_size", "2",
         "--checkpointing_steps", "2", "--num_inference_steps", "2", "--ae_width", "8", "--feature_width", "32",
         "--dm_width", "8", "--eval_pred_frames", "6"]
 
@@ -23,21 +23,27 @@ TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "4",
 def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, caplog):
     out = tmp_path / "qs"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "extdm_diffusers.quickstart", "--output_dir", str(out), *TINY],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    marker = out / "flow_autoencoder" / "checkpoint-2" / "CHECKPOINT_COMPLETE"
+    log = tmp_path / "first_run.log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "extdm_diffusers.quickstart", "--output_dir", str(out), *TINY],
+                                   stdout=stream, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    autoencoder_dir = out / "flow_autoencoder"
     deadline = time.time() + 240
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # killed in the autoencoder stage, after its first checkpoint
+    # only the newest checkpoint is kept (--checkpoints_total_limit 1): wait for any complete one
+    while not list(autoencoder_dir.glob("checkpoint-*/CHECKPOINT_COMPLETE")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, f"the quick start ended before its first checkpoint:\n{log.read_text()[-3000:]}"
+    os.killpg(process.pid, signal.SIGKILL)  # killed in the autoencoder stage, after a checkpoint
     process.wait()
-    assert marker.exists()
+    checkpoints = sorted(autoencoder_dir.glob("checkpoint-*/CHECKPOINT_COMPLETE"), key=lambda p: int(p.parent.name.split("-")[1]))
+    assert checkpoints
+    latest = checkpoints[-1].parent.name
     state = json.loads((out / "quickstart_state.json").read_text())
     assert state["done"] == ["data"]
 
     caplog.set_level(logging.INFO)
     metrics = main(["--output_dir", str(out), *TINY])
-    assert any("resumed from" in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records)
+    assert any("resumed from" in r.getMessage() and latest in r.getMessage() for r in caplog.records)
     state = json.loads((out / "quickstart_state.json").read_text())
     assert state["done"] == ["data", "autoencoder", "denoiser", "evaluation"]
 
