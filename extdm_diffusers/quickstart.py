@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
+
 STAGES = ("data", "autoencoder", "denoiser", "evaluation")
 
 
@@ -60,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument("--dm_lr_scheduler", default="cosine", help="train_dm's --lr_scheduler")
     train.add_argument("--dm_lr_warmup_steps", type=int, default=25)
     train.add_argument("--dm_snr_gamma", type=float, default=5.0, help="train_dm's --snr_gamma (Min-SNR-γ loss weighting; 0: none, the original)")
-    train.add_argument("--dm_prediction_type", default="v_prediction", choices=["epsilon", "v_prediction"],
+    train.add_argument("--dm_prediction_type", default="v_prediction", choices=PREDICTION_TYPES,
                        help="train_dm's --prediction_type (the original: epsilon)")
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")

@@ -116,8 +116,8 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         or one per sample), thresholded (or clipped) as the original sampler does: what ``step`` uses, and what
         training decodes to log reconstruction losses."""
         if self.config.prediction_type == "v_prediction":
-            signal, noise = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
-            x0 = signal * sample - noise * model_output
+            signal, sigma = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+            x0 = signal * sample - sigma * model_output
         else:
             a, b = self._coefficients(timestep, sample, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
             x0 = a * sample - b * model_output
@@ -129,8 +129,8 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         """ε̂: the denoiser's output itself, or for ``v_prediction`` sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v."""
         if self.config.prediction_type != "v_prediction":
             return model_output
-        signal, noise = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
-        return noise * sample + signal * model_output
+        signal, sigma = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        return sigma * sample + signal * model_output
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The ``v_prediction`` training target sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (diffusers' ``get_velocity``)."""
@@ -189,11 +189,9 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) of the original: sqrt(alphas_cumprod[t]) x0 + sqrt(1 - alphas_cumprod[t]) noise."""
-        shape = (-1,) + (1,) * (original_samples.ndim - 1)
-        timesteps = timesteps.to("cpu").long()
-        a = self.sqrt_alphas_cumprod[timesteps].to(original_samples.device, original_samples.dtype).view(shape)
-        b = self.sqrt_one_minus_alphas_cumprod[timesteps].to(original_samples.device, original_samples.dtype).view(shape)
-        return a * original_samples + b * noise
+        signal, sigma = self._coefficients(timesteps, original_samples, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        dtype = original_samples.dtype
+        return signal.to(dtype) * original_samples + sigma.to(dtype) * noise
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

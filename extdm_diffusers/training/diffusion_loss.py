@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 from torch import nn
 
+from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
+
 
 def denoising_loss(
     unet: nn.Module,
@@ -27,14 +29,15 @@ def denoising_loss(
     (an ``ExtDMDDIMScheduler``: the original's q_sample); the denoiser sees the clean ``cond_motion`` and
     ``cond_features`` (as in ``ExtDMUNet3DModel.forward``) and predicts the noise of the P frames (the
     original), or their velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 when ``scheduler.config.prediction_type`` is
-    ``"v_prediction"``. The loss is a
-    plain mean over everything (``F.mse_loss``), as the original: no per-timestep weighting.
+    ``"v_prediction"``. Without ``snr_gamma`` the loss is a plain mean over everything (``F.mse_loss``), as the
+    original: no per-timestep weighting.
 
     ``timesteps``: (B,) integers in [0, num_train_timesteps) (the original draws them uniformly) or one int.
     ``noise``: defaults to a standard normal draw with ``generator``.
     ``snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023, diffusers' ``--snr_gamma``): each sample's MSE is
-    weighted by min(SNR(t), γ) / SNR(t), so the nearly noise-free steps, where the noise is hard to predict and
-    matters little, stop dominating the gradient. ``None`` (the original): the plain mean.
+    weighted by min(SNR(t), γ) / SNR(t) (ε) or min(SNR(t), γ) / (SNR(t) + 1) (v), so the nearly noise-free steps,
+    where the noise is hard to predict and matters little, stop dominating the gradient. ``None`` (the original):
+    the plain mean.
     """
     if not isinstance(clean_motion, torch.Tensor) or clean_motion.ndim != 5:
         got = tuple(clean_motion.shape) if isinstance(clean_motion, torch.Tensor) else type(clean_motion).__name__
@@ -55,12 +58,9 @@ def denoising_loss(
         raise ValueError(f"`noise` must have the shape of `clean_motion` {tuple(clean_motion.shape)}, got {tuple(noise.shape)}")
 
     prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(clean_motion, noise, timesteps)
-    else:
-        raise ValueError(f"the scheduler's `prediction_type` must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"the scheduler's `prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    target = scheduler.get_velocity(clean_motion, noise, timesteps) if prediction_type == "v_prediction" else noise
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
     predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
     if snr_gamma is None:

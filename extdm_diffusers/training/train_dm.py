@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from . import common
 from .common import TrainingArgumentError, logger
 from .diffusion_loss import denoising_loss
+from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
 SCRIPT = "training_scripts/train_dm.py"
 
@@ -50,11 +51,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="FlowAutoencoder folder (train_flow_ae.py's --output_dir) or a pipeline folder with a "
                              "flow_autoencoder/ subfolder")
     parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--prediction_type", choices=["epsilon", "v_prediction"], default="epsilon",
+    parser.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
                         help="what the denoiser predicts: the noise (the original) or the velocity, which learns "
                              "the high-noise steps far sooner (saved in the pipeline's scheduler config)")
     parser.add_argument("--snr_gamma", type=float, default=None,
-                        help="Min-SNR-γ loss weighting (5.0 is the paper's choice; the original ExtDM: none)")
+                        help="Min-SNR-γ loss weighting (5.0 is the Min-SNR paper's choice; the original ExtDM: none)")
     parser.add_argument("--log_reconstruction_steps", type=int, default=100,
                         help="log rec_loss / rec_warp_loss every N steps (0: never); they cost one decoder call")
     parser.add_argument("--validation_inference_steps", type=int, default=None,
