@@ -47,9 +47,13 @@ class DistributionExtrapolator(nn.Module):
         num_observed = observed.shape[2]
         x = observed + conv_frames(self.predictor, self.predictor_norm(observed))
         for conv in self.extrapolators:
-            var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True)  # per (sample, channel); any layout
+            # per (sample, channel), unbiased as the original; two passes of plain reductions, which on the CPU
+            # are 8x faster than torch.var_mean over these axes
+            mean = x.mean(dim=(2, 3, 4), keepdim=True)
+            centered = x - mean
+            var = centered.square().sum(dim=(2, 3, 4), keepdim=True) / (x.shape[2:].numel() - 1)
             std = (var + self.eps).sqrt()
-            normalised = (x - mean) / std
+            normalised = centered / std
             extrapolated = (normalised + conv_frames(conv, normalised)) * std + mean
             x = torch.cat([x, extrapolated], dim=2)
         return x[:, :, num_observed:]

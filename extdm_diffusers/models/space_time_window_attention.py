@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size
 
 Size3 = Tuple[int, int, int]
 
@@ -106,6 +106,7 @@ class SpaceTimeWindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
         self.rotary_emb = rotary_emb
+        self.chunk_tokens = "auto"  # tokens attended per chunk; see `ExtDMUNet3DModel.set_attention_chunking`
         self._bias_cache = {}
 
     def _apply(self, *args, **kwargs):
@@ -139,16 +140,28 @@ class SpaceTimeWindowAttention(nn.Module):
         return bias
 
     def _attend(self, windows: torch.Tensor, batch: int, mask_key) -> torch.Tensor:
-        """Attention inside (B * nW, N, C) windows. q, k and v stay strided views of the projection (SDPA
-        takes them so); rotary rotates q and k together in one pass."""
+        """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``)."""
+        bw, n, _ = windows.shape
+        step = attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens)
+        if step >= bw:
+            return self._attend_chunk(windows, batch, bw, mask_key, 0)
+        return torch.cat([
+            self._attend_chunk(windows[start : start + step], batch, bw, mask_key, start) for start in range(0, bw, step)
+        ])
+
+    def _attend_chunk(self, windows: torch.Tensor, batch: int, total: int, mask_key, start: int) -> torch.Tensor:
+        """Windows ``start:start + len(windows)`` of ``total``. q, k and v stay strided views of the projection
+        (SDPA takes them so); rotary rotates q and k together in one pass."""
         bw, n, _ = windows.shape
         qkv = self.to_qkv(windows).view(bw, n, 3, self.heads, self.head_dim)
         v = qkv[:, :, 2].transpose(1, 2)
         qk = qkv[:, :, :2]
         if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4)
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=not torch.is_grad_enabled())
         q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-        bias = self._attention_bias(n, batch, bw // batch, mask_key, windows.device, q.dtype)
+        bias = self._attention_bias(n, batch, total // batch, mask_key, windows.device, q.dtype)
+        if bias.shape[0] > 1:  # per-window shift mask
+            bias = bias[start : start + bw]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
         return self.to_out(out.transpose(1, 2).reshape(bw, n, -1))
 

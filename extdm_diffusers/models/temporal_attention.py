@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size
 
 
 class RelativePositionBias(nn.Module):
@@ -58,19 +58,29 @@ class TemporalAttention(nn.Module):
         self.to_qkv = nn.Linear(channels, heads * head_dim * 3, bias=False)
         self.to_out = nn.Linear(heads * head_dim, channels, bias=False)
         self.rotary_emb = rotary_emb
+        self.chunk_tokens = "auto"  # tokens attended per chunk; see `ExtDMUNet3DModel.set_attention_chunking`
+
+    def _attend(self, y: torch.Tensor, position_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """(S, T, C) channel-normalised sequences -> attention output plus ``y`` (the inner residual)."""
+        s, t, _ = y.shape
+        qkv = self.to_qkv(self.layer_norm(y)).view(s, t, 3, self.heads, self.head_dim)
+        v = qkv[:, :, 2].transpose(1, 2)
+        qk = qkv[:, :, :2]
+        if self.rotary_emb is not None:
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=not torch.is_grad_enabled())
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        bias = None if position_bias is None else position_bias.unsqueeze(0).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
+        return self.to_out(out.transpose(1, 2).reshape(s, t, -1)) + y
 
     def forward(self, x: torch.Tensor, position_bias: Optional[torch.Tensor]) -> torch.Tensor:
         b, c, t, h, w = x.shape
         # channels-last once (the layer norm's copy); q, k and v stay strided views of the projection
         y = F.layer_norm(x.permute(0, 3, 4, 2, 1), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
         y = y.reshape(b * h * w, t, c)
-        qkv = self.to_qkv(self.layer_norm(y)).view(b * h * w, t, 3, self.heads, self.head_dim)
-        v = qkv[:, :, 2].transpose(1, 2)
-        qk = qkv[:, :, :2]
-        if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4)
-        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-        bias = None if position_bias is None else position_bias.unsqueeze(0).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
-        out = self.to_out(out.transpose(1, 2).reshape(b * h * w, t, -1)) + y
+        step = attention_chunk_size(b * h * w, t, self.heads * self.head_dim, y, self.chunk_tokens)
+        if step >= y.shape[0]:
+            out = self._attend(y, position_bias)
+        else:
+            out = torch.cat([self._attend(y[start : start + step], position_bias) for start in range(0, y.shape[0], step)])
         return x + out.view(b, h, w, t, c).permute(0, 4, 3, 1, 2)

@@ -22,7 +22,8 @@ class TrajectoryCrossAttention(nn.Module):
         self.fuser = nn.Conv3d(channels * 2, channels, 1)
 
     def forward(self, future_motion: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``future_motion``: (B, C, P, 2h, 2w) embedded noisy motion; ``features``: (B, C, M + P, h, w)."""
+        """``future_motion``: (B, C, P, 2h, 2w) embedded noisy motion; ``features``: (B, C, M + P, h, w).
+        Returns the future frames' fused features, (B, C, P, h, w)."""
         observed, future = features[:, :, : self.num_observed], features[:, :, self.num_observed :]
         b, c, p, h, w = future.shape
         query = F.max_pool3d(future_motion, (1, 2, 2), (1, 2, 2)).flatten(2).transpose(1, 2)
@@ -32,5 +33,4 @@ class TrajectoryCrossAttention(nn.Module):
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         attended = F.relu(self.to_out(attended)).transpose(1, 2).reshape(b, c, p, h, w)
-        future = self.fuser(torch.cat([future, attended], dim=1))
-        return torch.cat([observed, future], dim=2)
+        return self.fuser(torch.cat([future, attended], dim=1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,9 @@ from .distribution_adaptor import DistributionAdaptor, adaptor_depth
 from .space_time_window_attention import SpaceTimeWindowAttention
 from .temporal_attention import RelativePositionBias, TemporalAttention
 from .trajectory_attention import TrajectoryCrossAttention
-from .unet_blocks import Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D, conv_frames
+from .unet_blocks import (
+    Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D, check_chunk_tokens, conv_frames,
+)
 
 MOTION_CHANNELS = 3  # flow x, flow y, occlusion
 # The U-Net runs channels-last ((B, T, H, W, C) in memory): convolutions skip their layout reorders, and the
@@ -188,7 +190,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
 
         self.num_observed = num_observed
         self.gradient_checkpointing = False
-        self._conv_in_cache = None  # (weakref to the precomputed features, key, conv_in's feature term)
+        self._step_invariant_cache = {}  # see `_step_invariant`
         window_size = tuple(window_size)
         rotary = RotaryEmbedding(rotary_dim)
         self.rotary_emb = rotary
@@ -299,27 +301,84 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             cond_features = self.condition_temporal_attention(self.condition_adaptor(cond_features), position_bias)
         return self._resize_features(cond_features, motion_size).contiguous(memory_format=CHANNELS_LAST)
 
+    def _step_invariant(self, name: str, sources: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                        compute: Callable[[], torch.Tensor], extra: tuple = ()) -> torch.Tensor:
+        """``compute()``, kept under ``name`` and returned again while the very same ``sources`` tensors come back
+        unmodified and ``params`` are unchanged (identity and version counters; ``extra`` completes the key).
+        It is how work that does not change across denoising steps runs once per window. Never while autograd
+        records through any of them, so that training never reuses a graph."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*sources, *params)):
+            self._step_invariant_cache.pop(name, None)
+            return compute()
+        key = tuple((t._version, t.data_ptr()) for t in params) + tuple(t._version for t in sources) + tuple(extra)
+        cached = self._step_invariant_cache.get(name)
+        if cached is not None and cached[1] == key and all(ref() is t for ref, t in zip(cached[0], sources)):
+            return cached[2]
+        value = compute()
+        self._step_invariant_cache[name] = (tuple(weakref.ref(t) for t in sources), key, value)
+        return value
+
     def _conv_in(self, motion: torch.Tensor, features: torch.Tensor, source: Optional[torch.Tensor]) -> torch.Tensor:
         """``conv_in(cat([motion, features]))``, as the sum of the two parts' convolutions (it is linear in its
         input channels). The feature part does not change across denoising steps: with ``source`` (the caller's
-        ``precomputed_features`` tensor) it is kept and reused while the same, unmodified tensor comes back
-        (without autograd). In the released models it is most of the convolution: 256 of its 259 input channels
-        at a 7x7 kernel in the models without a motion embedding."""
+        ``precomputed_features`` tensor) it is computed once per unmodified tensor. In the released models it
+        is most of the convolution: 256 of its 259 input channels at a 7x7 kernel."""
         m = motion.shape[1]
         weight = self.conv_in.weight
-        reuse = source is not None and not (torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad))
-        key = (source._version, weight._version, weight.data_ptr(), features.dtype, features.device) if reuse else None
-        cached = self._conv_in_cache
-        if reuse and cached is not None and cached[0]() is source and cached[1] == key:
-            feature_term = cached[2]
+
+        def feature_term() -> torch.Tensor:
+            return conv_frames(self.conv_in, features, weight=weight[:, m:])
+
+        if source is None:
+            term = feature_term()
         else:
-            feature_term = conv_frames(self.conv_in, features, weight=weight[:, m:])
-            self._conv_in_cache = (weakref.ref(source), key, feature_term) if reuse else None
-        return conv_frames(self.conv_in, motion, weight=weight[:, :m], use_bias=False) + feature_term
+            term = self._step_invariant(
+                "conv_in_features", (source,), (weight, self.conv_in.bias), feature_term, extra=(features.dtype,)
+            )
+        return conv_frames(self.conv_in, motion, weight=weight[:, :m], use_bias=False) + term
+
+    def _trajectory_conv_in(self, sample: torch.Tensor, cond_motion: torch.Tensor, cond_features: torch.Tensor) -> torch.Tensor:
+        """conv_in's output in the ``"trajectory_attention"`` mode, (B, init_channels, M + P, h, w).
+
+        Only the future frames' features depend on the noisy sample (through the trajectory attention), and the
+        motion embedding and conv_in work frame by frame: the observed frames' part of conv_in's output is
+        computed once per condition (``cond_motion``, ``cond_features``) and reused across denoising steps. In
+        the BAIR model conv_in reads 512 channels with a 7x7 kernel, a quarter of a call's work."""
+        m, dtype, size = self.num_observed, sample.dtype, tuple(sample.shape[-2:])
+        features = cond_features.to(dtype)
+
+        def embed(motion: torch.Tensor, frame_features: torch.Tensor) -> torch.Tensor:
+            return conv_frames(self.conv_in, torch.cat([motion, frame_features], dim=1))
+
+        def observed_input() -> torch.Tensor:
+            motion = conv_frames(self.motion_embedding, cond_motion[:, :, :m].to(dtype).contiguous(memory_format=CHANNELS_LAST))
+            return embed(motion, self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST))
+
+        params = (self.motion_embedding.weight, self.motion_embedding.bias, self.conv_in.weight, self.conv_in.bias)
+        observed = self._step_invariant(
+            "trajectory_observed_input", (cond_motion, cond_features), params, observed_input, extra=(dtype, size)
+        )
+        future_motion = conv_frames(self.motion_embedding, sample.contiguous(memory_format=CHANNELS_LAST))
+        future_features = self._resize_features(self.trajectory_attention(future_motion, features), size)
+        future = embed(future_motion, future_features.contiguous(memory_format=CHANNELS_LAST))
+        return torch.cat([observed, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
 
     def _apply(self, *args, **kwargs):
-        self._conv_in_cache = None
+        self._step_invariant_cache.clear()
         return super()._apply(*args, **kwargs)
+
+    def set_attention_chunking(self, max_tokens: Union[int, str, None] = "auto") -> None:
+        """How the window and temporal attention layers split their sequences into chunks.
+
+        ``"auto"`` (the default): on the CPU, chunks whose q/k/v projection stays under
+        ``ATTENTION_CHUNK_BYTES`` (about 4,096 tokens at the released width), so that no intermediate needs
+        fresh memory from the kernel; on other devices, one chunk. An int: at most that many tokens per chunk
+        (whole sequences), on any device, e.g. to bound a GPU's memory at large batches. ``None``: one chunk.
+        The output does not depend on the chunking beyond float rounding."""
+        check_chunk_tokens(max_tokens)
+        for module in self.modules():
+            if isinstance(module, (SpaceTimeWindowAttention, TemporalAttention)):
+                module.chunk_tokens = max_tokens
 
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -354,23 +413,21 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         timesteps = timesteps.expand(batch)
 
         position_bias = self.time_position_bias(num_observed + sample.shape[2], sample.device)
-        x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2).contiguous(memory_format=CHANNELS_LAST)
-        if self.config.motion_embedding_channels is not None:
-            x = conv_frames(self.motion_embedding, x)
         if self.config.condition_feature_mode == "trajectory_attention":
-            features = self.trajectory_attention(x[:, :, num_observed:], cond_features.to(x.dtype))
-            features = self._resize_features(features, x.shape[-2:]).contiguous(memory_format=CHANNELS_LAST)
-        elif precomputed_features is not None:
-            expected = (batch, self.config.cond_feature_channels, cond_features.shape[2], *x.shape[-2:])
-            if tuple(precomputed_features.shape) != expected:
-                raise ValueError(f"`precomputed_features` must have shape {expected} (see `prepare_features`), "
-                                 f"got {tuple(precomputed_features.shape)}")
-            features = precomputed_features.to(x.dtype).contiguous(memory_format=CHANNELS_LAST)
+            x = self._trajectory_conv_in(sample, cond_motion, cond_features)
         else:
-            features = self.prepare_features(cond_features.to(x.dtype), x.shape[-2:], position_bias)
-
-        reuse = precomputed_features is not None and self.config.condition_feature_mode != "trajectory_attention"
-        x = self._conv_in(x, features, precomputed_features if reuse else None)
+            x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2).contiguous(memory_format=CHANNELS_LAST)
+            if self.config.motion_embedding_channels is not None:
+                x = conv_frames(self.motion_embedding, x)
+            if precomputed_features is not None:
+                expected = (batch, self.config.cond_feature_channels, cond_features.shape[2], *x.shape[-2:])
+                if tuple(precomputed_features.shape) != expected:
+                    raise ValueError(f"`precomputed_features` must have shape {expected} (see `prepare_features`), "
+                                     f"got {tuple(precomputed_features.shape)}")
+                features = precomputed_features.to(x.dtype).contiguous(memory_format=CHANNELS_LAST)
+            else:
+                features = self.prepare_features(cond_features.to(x.dtype), x.shape[-2:], position_bias)
+            x = self._conv_in(x, features, precomputed_features)
         initial = x
         x = self.temporal_attention_in(x, position_bias)
         temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,40 @@ class ChannelLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        scale = self.weight.view(1, -1, *([1] * (x.ndim - 2)))
-        return (x - mean) / (var + self.eps).sqrt() * scale
+        # F.layer_norm over the channels moved last: the same (x - mean) / sqrt(var + eps) * weight, 10x faster
+        # on the CPU than torch.var_mean over dim 1, and a free view for the U-Net's channels-last tensors
+        return F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, None, self.eps).movedim(-1, 1)
+
+
+# On the CPU, torch allocates every tensor fresh from the C allocator, which hands blocks above 32 MiB straight
+# to the kernel: each one costs a page fault per 4 KiB on first touch. At 32x32 motion the attention layers'
+# q/k/v projection is 63 MiB (20,480 tokens x 768 floats) and writing it took 5x as long as the matmul itself.
+# Attending in chunks of sequences keeps every intermediate small (reused memory, in cache); a GPU's caching
+# allocator has no such cost and prefers one large kernel, so there the default is not to chunk.
+ATTENTION_CHUNK_BYTES = 12 * 2**20
+
+
+def attention_chunk_size(
+    num_sequences: int, sequence_length: int, projection_width: int, x: torch.Tensor, max_tokens: Union[int, str, None]
+) -> int:
+    """Sequences per chunk for attention over ``num_sequences`` independent sequences.
+
+    ``max_tokens``: tokens per chunk; ``None``: one chunk; ``"auto"``: on the CPU, as many tokens as keep the
+    chunk's q/k/v projection (``projection_width`` features each) under ``ATTENTION_CHUNK_BYTES``, elsewhere
+    one chunk."""
+    if max_tokens == "auto":
+        if x.device.type != "cpu":
+            return num_sequences
+        max_tokens = ATTENTION_CHUNK_BYTES // (3 * projection_width * x.element_size())
+    if max_tokens is None:
+        return num_sequences
+    return max(1, min(num_sequences, int(max_tokens) // sequence_length))
+
+
+def check_chunk_tokens(max_tokens: Union[int, str, None]) -> Union[int, str, None]:
+    if not (max_tokens is None or max_tokens == "auto" or (isinstance(max_tokens, int) and max_tokens > 0)):
+        raise ValueError(f"`max_tokens` must be a positive int, 'auto' or None, got {max_tokens!r}")
+    return max_tokens
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,9 +93,11 @@ class RotaryEmbedding(nn.Module):
             self._cache[key] = cached
         return cached
 
-    def rotate(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, seq_dim: int = -2, inplace: bool = False) -> torch.Tensor:
         """Rotate the features (last axis) of ``x`` by their position along ``seq_dim``; axes between the two
-        are broadcast over (e.g. heads). ``x`` may be a strided view."""
+        are broadcast over (e.g. heads). ``x`` may be a strided view. ``inplace``: overwrite ``x`` and return it
+        (for inference, where ``x`` is a fresh projection: no new tensor, and no concatenation when only part
+        of the features rotate)."""
         n = x.shape[seq_dim]
         expand = (slice(None),) + (None,) * (-seq_dim - 2) if seq_dim < 0 else None
         if expand is None:
@@ -72,7 +105,11 @@ class RotaryEmbedding(nn.Module):
         rotation = self._rotation(n, x.device, x.dtype)
         head, rest = x[..., : self.dim], x[..., self.dim :]
         if len(rotation) == 1 and _complex_viewable(head):
-            out = torch.view_as_real(torch.view_as_complex(head.unflatten(-1, (-1, 2))) * rotation[0][expand]).flatten(-2)
+            pairs = torch.view_as_complex(head.unflatten(-1, (-1, 2)))
+            if inplace:
+                pairs.mul_(rotation[0][expand])
+                return x
+            out = torch.view_as_real(pairs * rotation[0][expand]).flatten(-2)
         else:
             if len(rotation) == 1:  # a layout view_as_complex cannot take: real arithmetic
                 angles = self.angles(n, x.device)
@@ -81,6 +118,9 @@ class RotaryEmbedding(nn.Module):
             pairs = head.unflatten(-1, (-1, 2))
             half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
             out = head * cos + half_turn * sin
+            if inplace:
+                head.copy_(out)
+                return x
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
 
