@@ -5,6 +5,7 @@
     python benchmarks/profile_unet.py                           # seconds per call and a profile breakdown
     python benchmarks/profile_unet.py --variant traj_ada
     python benchmarks/profile_unet.py --baseline /tmp/base      # interleaved A/B against another checkout
+    python benchmarks/profile_unet.py --floor --no-profile      # the call's arithmetic floor on this machine
 
 ``--baseline DIR``: DIR holds another version of the package as ``DIR/extdm_diffusers``; it is imported under
 another name, given the same weights and inputs, and the two are timed in turn (median of ``--repeats``), so
@@ -104,6 +105,31 @@ def breakdown(model, x, prepared):
     print(events.table(sort_by="self_cpu_time_total", row_limit=18))
 
 
+def arithmetic_floor(model, x, prepared, seconds_per_call: float) -> None:
+    """FLOPs of one call (torch's FlopCounterMode; CPU flash attention counted as SDPA) against the rate of a
+    2048x2048 float32 matmul on this machine, the best case for the matrix-heavy kernels."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_flash(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}) as counter:
+        call(model, x, prepared)
+    by_op = {str(op).split(".")[1]: flops / 1e9 for op, flops in counter.get_flop_counts()["Global"].items()}
+    total = counter.get_total_flops() / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times = []
+    for _ in range(23):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    rate = 2 * 2048**3 / statistics.median(times[3:]) / 1e9
+    floor = total / rate
+    print(f"\narithmetic floor: {total:.1f} GFLOP per call ({', '.join(f'{k} {v:.1f}' for k, v in sorted(by_op.items()))}); "
+          f"2048^2 matmul {rate:.0f} GFLOP/s -> floor {floor:.3f} s; this call {seconds_per_call:.3f} s = "
+          f"{seconds_per_call / floor:.2f}x the floor ({total / seconds_per_call:.0f} GFLOP/s)")
+
+
 def per_module(model, x, prepared, repeats=3):
     """Wall time per module kind (outermost instances only), median over calls."""
     kinds = ("SpaceTimeWindowAttention", "TemporalAttention", "ResnetBlock3D", "DistributionAdaptor",
@@ -154,6 +180,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--baseline", help="folder holding another extdm_diffusers to compare with, interleaved")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--floor", action="store_true", help="count the call's FLOPs and compare with the matmul rate")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy machine")
@@ -195,6 +222,8 @@ def main() -> None:
             ratios = sorted(b / u for b, u in zip(t[other], t["this"]))
             print(f"  {other}/this ({label}): median of per-round ratios {statistics.median(ratios):.3f}x "
                   f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    if a.floor:
+        arithmetic_floor(model, x, prepared, statistics.median(times["this"]))
     if not a.no_profile:
         per_module(model, x, prepared)
         breakdown(model, x, prepared)

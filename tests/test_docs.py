@@ -5,6 +5,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import torch
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -27,6 +28,26 @@ def test_pipeline_md_prediction_example_runs(reference_pipeline_factory, tmp_pat
     exec(compile(python_blocks("pipeline.md")[1], "docs/pipeline.md", "exec"), scope)
     assert scope["out"].frames.shape == (1, 40, 32, 32, 3)
     assert iio.imread("prediction.mp4").shape[0] == 40  # (the container reports no frame count)
+
+
+def test_pipeline_md_speed_example_runs(reference_pipeline_factory):
+    """Each line of the attention-chunking example reaches every attention layer and keeps the frames."""
+    from extdm_diffusers.models.space_time_window_attention import SpaceTimeWindowAttention
+    from extdm_diffusers.models.temporal_attention import TemporalAttention
+
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    block = next(b for b in python_blocks("pipeline.md") if "set_attention_chunking" in b)
+    layers = [m for m in pipe.unet.modules() if isinstance(m, (SpaceTimeWindowAttention, TemporalAttention))]
+    video, noise = t["inputs.video"].permute(0, 2, 1, 3, 4), t["inputs.initial_noise"]
+    frames = {}
+    for line, expected in zip(block.strip().splitlines(), (16384, None, "auto")):
+        exec(compile(line, "docs/pipeline.md", "exec"), {"pipe": pipe})
+        assert {layer.chunk_tokens for layer in layers} == {expected}
+        frames[expected] = pipe(video, eta=0.0, latents=noise, output_type="pt").frames
+    pipe.unet.set_attention_chunking(40)  # one 32-token window per chunk
+    frames[40] = pipe(video, eta=0.0, latents=noise, output_type="pt").frames
+    for chunked in frames.values():
+        torch.testing.assert_close(chunked, frames[None], rtol=0, atol=1e-5)
 
 
 def test_evaluation_md_metrics_example_runs(tmp_path, monkeypatch):

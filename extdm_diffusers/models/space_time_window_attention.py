@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, inplace_allowed
 
 Size3 = Tuple[int, int, int]
 
@@ -157,7 +157,7 @@ class SpaceTimeWindowAttention(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)
         qk = qkv[:, :, :2]
         if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=not torch.is_grad_enabled())
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
         q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
         bias = self._attention_bias(n, batch, total // batch, mask_key, windows.device, q.dtype)
         if bias.shape[0] > 1:  # per-window shift mask

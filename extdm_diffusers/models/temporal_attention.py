@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, inplace_allowed
 
 
 class RelativePositionBias(nn.Module):
@@ -67,7 +67,7 @@ class TemporalAttention(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)
         qk = qkv[:, :, :2]
         if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=not torch.is_grad_enabled())
+            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
         q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
         bias = None if position_bias is None else position_bias.unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)

@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def inplace_allowed() -> bool:
+    """Whether layers may overwrite their fresh intermediates (in-place activations, rotary): only without
+    autograd, which may have saved them, and not under torch.compile, whose functionalization of in-place
+    writes through strided views fails (torch 2.14)."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class ChannelLayerNorm(nn.Module):
     """Layer norm over the channel axis of (B, C, ...) tensors, with a scale and no bias."""
 
@@ -104,7 +111,8 @@ class RotaryEmbedding(nn.Module):
             raise ValueError("`seq_dim` must be negative")
         rotation = self._rotation(n, x.device, x.dtype)
         head, rest = x[..., : self.dim], x[..., self.dim :]
-        if len(rotation) == 1 and _complex_viewable(head):
+        # torch.compile takes the real-arithmetic path: inductor does not generate code for complex tensors
+        if len(rotation) == 1 and _complex_viewable(head) and not torch.compiler.is_compiling():
             pairs = torch.view_as_complex(head.unflatten(-1, (-1, 2)))
             if inplace:
                 pairs.mul_(rotation[0][expand])
@@ -165,7 +173,7 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        inplace = not torch.is_grad_enabled()
+        inplace = inplace_allowed()
         h = conv_frames(self.conv1, x)
         if self.time_emb_proj is not None:
             # norm's affine, then the time embedding's scale and shift, folded into one per-(sample, channel)
