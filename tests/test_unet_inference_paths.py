@@ -126,3 +126,32 @@ def test_rotary_in_place_equals_the_rotated_copy(dtype, rotary_dim):
     x[0, 1, 0, 0, 0] = 1.0
     turned = rotary.rotate(x, seq_dim=-4, inplace=True)[0, 1, 0, 0, :2]
     torch.testing.assert_close(turned, torch.stack([angles[1, 0].cos(), angles[1, 0].sin()]))
+
+
+@pytest.mark.parametrize("case", ["unet_traj_u12", "unet_traj_ada"])
+def test_inference_mode_gives_the_same_noise_without_reusing_work(case):
+    """Tensors made under torch.inference_mode carry no version counter, so nothing is reused across calls."""
+    _, t, _, model = build(case)
+    with torch.no_grad():
+        prepared = model.prepare_features(t["inputs.cond_fea"], t["inputs.x"].shape[-2:])
+        expected = call(model, t, precomputed_features=prepared).sample
+    model._step_invariant_cache.clear()
+    with torch.inference_mode():
+        cond = {"cond_motion": t["inputs.cond_frames"].clone(), "cond_features": t["inputs.cond_fea"].clone()}
+        prepared = model.prepare_features(cond["cond_features"], t["inputs.x"].shape[-2:])
+        first = call(model, t, **cond, precomputed_features=prepared).sample
+        assert not model._step_invariant_cache
+        cond["cond_features"].mul_(1.5)  # undetectable in place: must not meet a stale cache
+        changed = call(model, t, **cond, precomputed_features=prepared).sample
+    torch.testing.assert_close(first, expected, rtol=0, atol=1e-6)
+    if model.config.condition_feature_mode == "trajectory_attention":
+        assert not torch.allclose(changed, first)
+
+
+def test_pipeline_under_inference_mode_predicts_the_same_frames(reference_pipeline_factory):
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    video, noise = t["inputs.video"].permute(0, 2, 1, 3, 4), t["inputs.initial_noise"]
+    expected = pipe(video, eta=0.0, latents=noise, output_type="pt").frames
+    with torch.inference_mode():
+        frames = pipe(video, eta=0.0, latents=noise, output_type="pt").frames
+    torch.testing.assert_close(frames, expected, rtol=0, atol=1e-6)

@@ -118,7 +118,7 @@ class SpaceTimeWindowAttention(nn.Module):
         (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It does not change across denoising steps, so
         it is cached per shape, device and dtype (and the bias table's version); not while the table trains."""
         table = self.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not table.is_inference()
         key = (n, batch, num_windows, mask_key, device, dtype)
         version = (table._version, table.data_ptr())
         if cacheable:

@@ -306,8 +306,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         """``compute()``, kept under ``name`` and returned again while the very same ``sources`` tensors come back
         unmodified and ``params`` are unchanged (identity and version counters; ``extra`` completes the key).
         It is how work that does not change across denoising steps runs once per window. Never while autograd
-        records through any of them, so that training never reuses a graph."""
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (*sources, *params)):
+        records through any of them, so that training never reuses a graph, and never for tensors made under
+        ``torch.inference_mode``, which carry no version counter to tell an in-place change."""
+        tensors = (*sources, *params)
+        if any(t.is_inference() for t in tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             self._step_invariant_cache.pop(name, None)
             return compute()
         key = tuple((t._version, t.data_ptr()) for t in params) + tuple(t._version for t in sources) + tuple(extra)
