@@ -48,7 +48,7 @@ def test_attention_chunk_size_on_each_device():
     assert attention_chunk_size(640, 32, 256, x, 10) == 1  # whole sequences, at least one
 
 
-@pytest.mark.parametrize("bad", [0, -5, "fast", 2.5])
+@pytest.mark.parametrize("bad", [0, -5, "fast", 2.5, True])
 def test_set_attention_chunking_rejects_bad_values(bad):
     model = build("unet_wo_ref")[3]
     with pytest.raises(ValueError, match="`max_tokens` must be a positive int, 'auto' or None"):

@@ -56,7 +56,8 @@ def attention_chunk_size(
 
 
 def check_chunk_tokens(max_tokens: Union[int, str, None]) -> Union[int, str, None]:
-    if not (max_tokens is None or max_tokens == "auto" or (isinstance(max_tokens, int) and max_tokens > 0)):
+    positive_int = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0
+    if not (max_tokens is None or max_tokens == "auto" or positive_int):
         raise ValueError(f"`max_tokens` must be a positive int, 'auto' or None, got {max_tokens!r}")
     return max_tokens
 
