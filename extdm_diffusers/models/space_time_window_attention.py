@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, inplace_allowed
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
 
 Size3 = Tuple[int, int, int]
 
@@ -140,30 +140,24 @@ class SpaceTimeWindowAttention(nn.Module):
         return bias
 
     def _attend(self, windows: torch.Tensor, batch: int, mask_key) -> torch.Tensor:
-        """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``)."""
+        """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``). q, k and
+        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass.
+        The bias is looked up (or, while training, built) once for all chunks."""
         bw, n, _ = windows.shape
-        step = attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens)
-        if step >= bw:
-            return self._attend_chunk(windows, batch, bw, mask_key, 0)
-        return torch.cat([
-            self._attend_chunk(windows[start : start + step], batch, bw, mask_key, start) for start in range(0, bw, step)
-        ])
+        bias = self._attention_bias(n, batch, bw // batch, mask_key, windows.device, windows.dtype)
 
-    def _attend_chunk(self, windows: torch.Tensor, batch: int, total: int, mask_key, start: int) -> torch.Tensor:
-        """Windows ``start:start + len(windows)`` of ``total``. q, k and v stay strided views of the projection
-        (SDPA takes them so); rotary rotates q and k together in one pass."""
-        bw, n, _ = windows.shape
-        qkv = self.to_qkv(windows).view(bw, n, 3, self.heads, self.head_dim)
-        v = qkv[:, :, 2].transpose(1, 2)
-        qk = qkv[:, :, :2]
-        if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
-        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-        bias = self._attention_bias(n, batch, total // batch, mask_key, windows.device, q.dtype)
-        if bias.shape[0] > 1:  # per-window shift mask
-            bias = bias[start : start + bw]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
-        return self.to_out(out.transpose(1, 2).reshape(bw, n, -1))
+        def attend(start: int, stop: int) -> torch.Tensor:
+            qkv = self.to_qkv(windows[start:stop]).view(stop - start, n, 3, self.heads, self.head_dim)
+            v = qkv[:, :, 2].transpose(1, 2)
+            qk = qkv[:, :, :2]
+            if self.rotary_emb is not None:
+                qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
+            q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+            chunk_bias = bias[start:stop] if bias.shape[0] > 1 else bias  # the shift mask is per window
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk_bias.to(q.dtype), scale=self.head_dim**-0.5)
+            return self.to_out(out.transpose(1, 2).reshape(stop - start, n, -1))
+
+        return in_chunks(attend, bw, attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, inplace_allowed
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
 
 
 class RelativePositionBias(nn.Module):
@@ -79,8 +79,5 @@ class TemporalAttention(nn.Module):
         y = F.layer_norm(x.permute(0, 3, 4, 2, 1), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
         y = y.reshape(b * h * w, t, c)
         step = attention_chunk_size(b * h * w, t, self.heads * self.head_dim, y, self.chunk_tokens)
-        if step >= y.shape[0]:
-            out = self._attend(y, position_bias)
-        else:
-            out = torch.cat([self._attend(y[start : start + step], position_bias) for start in range(0, y.shape[0], step)])
+        out = in_chunks(lambda start, stop: self._attend(y[start:stop], position_bias), b * h * w, step)
         return x + out.view(b, h, w, t, c).permute(0, 4, 3, 1, 2)

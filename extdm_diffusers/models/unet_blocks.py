@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +55,17 @@ def attention_chunk_size(
     return max(1, min(num_sequences, int(max_tokens) // sequence_length))
 
 
-def check_chunk_tokens(max_tokens: Union[int, str, None]) -> Union[int, str, None]:
+def in_chunks(compute: Callable[[int, int], torch.Tensor], total: int, step: int) -> torch.Tensor:
+    """``compute(start, stop)`` over ``[0, total)`` in steps of ``step``, concatenated along the first axis."""
+    if step >= total:
+        return compute(0, total)
+    return torch.cat([compute(start, min(start + step, total)) for start in range(0, total, step)])
+
+
+def check_chunk_tokens(max_tokens: Union[int, str, None]) -> None:
     positive_int = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0
     if not (max_tokens is None or max_tokens == "auto" or positive_int):
         raise ValueError(f"`max_tokens` must be a positive int, 'auto' or None, got {max_tokens!r}")
-    return max_tokens
 
 
 class RotaryEmbedding(nn.Module):
