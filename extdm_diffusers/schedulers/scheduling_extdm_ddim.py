@@ -116,7 +116,7 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         or one per sample), thresholded (or clipped) as the original sampler does: what ``step`` uses, and what
         training decodes to log reconstruction losses."""
         if self.config.prediction_type == "v_prediction":
-            signal, sigma = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+            signal, sigma = self._signal_and_sigma(timestep, sample)
             x0 = signal * sample - sigma * model_output
         else:
             a, b = self._coefficients(timestep, sample, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
@@ -129,13 +129,17 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         """ε̂: the denoiser's output itself, or for ``v_prediction`` sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v."""
         if self.config.prediction_type != "v_prediction":
             return model_output
-        signal, sigma = self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        signal, sigma = self._signal_and_sigma(timestep, sample)
         return sigma * sample + signal * model_output
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The ``v_prediction`` training target sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (diffusers' ``get_velocity``)."""
-        signal, sigma = self._coefficients(timesteps, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        signal, sigma = self._signal_and_sigma(timesteps, sample)
         return signal * noise - sigma * sample
+
+    def _signal_and_sigma(self, timestep, sample: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(ᾱ_t) and sqrt(1 − ᾱ_t): x_t = signal x0 + sigma ε."""
+        return self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
 
     @staticmethod
     def _coefficients(timestep, sample: torch.Tensor, *tables: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -189,7 +193,7 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) of the original: sqrt(alphas_cumprod[t]) x0 + sqrt(1 - alphas_cumprod[t]) noise."""
-        signal, sigma = self._coefficients(timesteps, original_samples, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        signal, sigma = self._signal_and_sigma(timesteps, original_samples)
         dtype = original_samples.dtype
         return signal.to(dtype) * original_samples + sigma.to(dtype) * noise
 
