@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .file_io import atomic_path
 
 __all__ = ["psnr", "ssim", "LPIPS", "I3DFeatureExtractor", "frechet_distance", "I3D_TORCHSCRIPT_URL"]
 
@@ -201,12 +202,10 @@ def _download_i3d() -> Path:
         raise RuntimeError(f"The I3D detector is not cached at {target} and HF_HUB_OFFLINE is set; {hint}")
     try:
         # write to a temporary file first so an interrupted download never leaves a truncated detector behind
-        with urllib.request.urlopen(I3D_TORCHSCRIPT_URL, timeout=60) as response:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
+        with urllib.request.urlopen(I3D_TORCHSCRIPT_URL, timeout=60) as response, atomic_path(target) as tmp:
+            with open(tmp, "xb") as f:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
-        os.replace(tmp, target)
     except OSError as e:
         raise RuntimeError(f"Could not download the I3D detector ({e}); {hint}") from e
     return target

@@ -4,6 +4,7 @@ aggregation, and the CLI end to end on a tiny pipeline and dataset (resume, two 
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ import scipy.stats as st
 import torch
 
 from extdm_diffusers import evaluation
-from extdm_diffusers.data import clip_dataset, encode_frames, video_features
+from extdm_diffusers.benchmarks import EvaluationProtocol, get_benchmark
+from extdm_diffusers.data import encode_frames, video_features
 from extdm_diffusers.evaluation import aggregate_frame_metric, fvd_best, fvd_traj, sample_seed, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +51,24 @@ def _dataset(num_videos: int, num_frames: int = 10, size: int = 32, seed: int = 
 
 def test_evaluation_clips_follow_the_original_rule():
     # KTH's test split has 120 videos: 256 clips from round(i / 255 * 119), start frame 0, duplicates kept
-    clips = clip_dataset("kth", _dataset(120, num_frames=50, size=8), "test")
+    clips = get_benchmark("kth").clip_dataset(_dataset(120, num_frames=50, size=8), "test")
     assert clips.video_indices == [round(i / 255 * 119) for i in range(256)]
     item = clips[255]
     assert item["video_index"] == 119 and item["start_frame"] == 0 and item["video"].shape[0] == 50
     config = evaluation.EvaluationConfig(pipeline="p", benchmark="KTH", dataset_dir="d")
-    assert config.protocol() == {
+    assert config.protocol() == EvaluationProtocol(
+        split="test", cond_frames=10, pred_frames=40, num_videos=256, video_stride=1, num_samples=100, seed=1000,
+        num_inference_steps=10, eta=1.0, use_occlusion=False,
+    )
+    assert config.protocol_record() == {
         "benchmark": "kth", "split": "test", "cond_frames": 10, "pred_frames": 40, "num_videos": 256, "video_stride": 1,
         "num_samples": 100, "seed": 1000, "num_inference_steps": 10, "eta": 1.0, "use_occlusion": False,
     }
+    # overrides stay typed; an int eta is recorded as the float the CLI would give
+    overridden = evaluation.EvaluationConfig(pipeline="p", benchmark="kth", dataset_dir="d", num_samples=3, eta=0,
+                                             use_occlusion=True).protocol()
+    assert (overridden.num_samples, overridden.eta, overridden.use_occlusion, overridden.seed) == (3, 0.0, True, 1000)
+    assert isinstance(overridden.eta, float)
     assert sample_seed(1000, 3, 7, 100) == 1307
 
 
@@ -199,8 +210,8 @@ def single_run(assets, tmp_path_factory):
 
 def test_cli_end_to_end_resume_and_model_card(assets, single_run, tmp_path, monkeypatch, one_thread, capsys):
     calls = []
-    original = evaluation._evaluate_clip
-    monkeypatch.setattr(evaluation, "_evaluate_clip", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    original = evaluation.run.evaluate_clip
+    monkeypatch.setattr(evaluation.run, "evaluate_clip", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
 
     out = tmp_path / "eval"
     # a run stopped after 2 clips (as if killed), then resumed
@@ -228,6 +239,12 @@ def test_cli_end_to_end_resume_and_model_card(assets, single_run, tmp_path, monk
     assert {"psnr", "ssim", "lpips", "fvd"} <= set(result["copy_last_frame"]) and "fvd" in result["autoencoder"]
     assert "oracle" in result["notes"]["best_of_n"] and result["paper_results"] == {"fvd": 102.8}
     assert (out / "gifs" / "clip_00000.gif").exists() and not (out / "gifs" / "clip_00001.gif").exists()
+    # what a team shares is readable by the team: the umask's mode, not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / "metrics.json", out / "per_video.jsonl", out / "run_config.json", out / "gifs" / "clip_00000.gif",
+                 out / "features" / "clip_00000.npz", assets / "pipeline" / "README.md"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
     # the same numbers as the run done in one go
     assert _numbers(out / "metrics.json") == _numbers(single_run / "metrics.json")
@@ -262,13 +279,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_numbers_of_one(assets, single_run, tmp_path):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                 "--master_port"],
+    # --multi_gpu starts the processes through torchrun, on a machine without GPUs too (--cpu would start one)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"],
+}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_give_the_numbers_of_one(assets, single_run, tmp_path, launcher):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     single = single_run
     sharded = tmp_path / "sharded"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "training_scripts" / "evaluate.py"),
-           *_args(assets, sharded)]
+    cmd = [*LAUNCHERS[launcher], str(_free_port()), str(ROOT / "training_scripts" / "evaluate.py"), *_args(assets, sharded)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(sharded.glob("per_video.rank*.jsonl"))

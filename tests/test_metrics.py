@@ -209,6 +209,37 @@ def test_i3d_download_offline_error(monkeypatch, tmp_path):
         I3DFeatureExtractor()
 
 
+def test_i3d_download_is_atomic_and_readable_by_the_team(monkeypatch, tmp_path):
+    import io
+    import os
+    import stat
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from extdm_diffusers import metrics
+
+    monkeypatch.setattr(constants, "HF_ASSETS_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    payload = b"detector" * 1000
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    path = metrics._download_i3d()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_bytes() == payload and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in path.parent.iterdir()] == ["i3d_torchscript.pt"]  # no temporary left
+
+    class Cut(io.BytesIO):  # a connection that drops half way
+        def read(self, size=-1):
+            raise OSError("connection reset")
+
+    path.unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(RuntimeError, match="connection reset"):
+        metrics._download_i3d()
+    assert list(path.parent.iterdir()) == []
+
+
 # --- Fréchet distance -----------------------------------------------------------------------------------------
 
 
