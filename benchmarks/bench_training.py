@@ -27,6 +27,7 @@ run time) are stubbed, and on the CPU .cuda() is made a no-op.
 """
 
 import argparse
+import copy
 import importlib
 import importlib.machinery
 import json
@@ -96,12 +97,17 @@ def load_original(path, device):
 def original_dm_step(bench, clips, device):
     """The original SMMNIST-style denoiser training step (see the module docstring), on ``clips`` (B, T, C, H, W)."""
     FlowDiffusion = importlib.import_module("model.BaseDM_adaptor.VideoFlowDiffusion_multi").FlowDiffusion
-    from extdm_diffusers.conversion import original_unet_kwargs
-
-    config = bench.as_original_config()
+    config = {  # the parts of the original DM YAML that FlowDiffusion reads
+        "flow_params": {"model_params": copy.deepcopy(bench.flow_autoencoder)},
+        "dataset_params": {
+            "frame_shape": bench.frame_size,
+            "train_params": {"cond_frames": bench.train_cond_frames, "pred_frames": bench.train_pred_frames},
+            "valid_params": {"cond_frames": bench.evaluation.cond_frames, "pred_frames": bench.evaluation.pred_frames},
+        },
+    }
     config["diffusion_params"] = {"model_params": {"null_cond_prob": 0.0, "use_residual_flow": False, "only_use_flow": False,
                                                    "sampling_timesteps": 10, "loss_type": "l2"}}
-    dim_mults = original_unet_kwargs(bench.architecture, config)["dim_mults"]
+    dim_mults = bench.unet_config()["channel_mults"]
     model = FlowDiffusion(config=config, is_train=True, dim_mults=dim_mults, Unet3D_architecture=bench.architecture).to(device)
     for part in (model.generator, model.region_predictor, model.bg_predictor):
         part.eval().requires_grad_(False)
@@ -206,7 +212,7 @@ def main():
             with torch.no_grad():
                 c = encode_condition(ae, clips, cond, unet.num_feature_frames, True)
             t = torch.randint(0, 1000, (clips.shape[0],), device=device)
-            loss = denoising_loss(unet, scheduler, c.future_motion, c.cond_motion, c.cond_features, t)
+            loss = denoising_loss(unet, scheduler, c.future_motion, c.cond_motion, c.cond_features, t).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

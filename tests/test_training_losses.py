@@ -136,7 +136,7 @@ def test_denoising_loss_matches_original_p_losses(reference):
         loss = denoising_loss(
             unet, ExtDMDDIMScheduler(), t["dm.inputs.clean_motion"], unet_t["inputs.cond_frames"], unet_t["inputs.cond_fea"],
             t["dm.inputs.timesteps"], t["dm.inputs.noise"],
-        )
+        ).loss
     assert relative_error(loss, t["dm.outputs.loss"][0]) < TOLERANCE
 
 
@@ -255,6 +255,21 @@ def test_errors_name_the_argument(reference):
         denoising_loss(Unet(), ExtDMDDIMScheduler(), clean[0], None, None, 5)
 
 
+def test_loss_defaults_are_the_registrys():
+    """FlowAutoencoderLoss' defaults are AutoencoderTraining's (the original's train_params), stated once."""
+    import dataclasses
+
+    from extdm_diffusers.benchmarks import AutoencoderTraining
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AutoencoderTraining)}
+    loss = FlowAutoencoderLoss(perceptual_loss="none")
+    assert loss.scales == defaults["pyramid_scales"] and loss.perceptual_weights == defaults["perceptual_weights"]
+    assert (loss.equivariance_shift_weight, loss.equivariance_affine_weight) == (
+        defaults["equivariance_shift_weight"], defaults["equivariance_affine_weight"])
+    assert (loss.sigma_affine, loss.sigma_tps, loss.points_tps) == (
+        defaults["sigma_affine"], defaults["sigma_tps"], defaults["points_tps"])
+
+
 class _LinearDenoiser(torch.nn.Module):
     """A stand-in denoiser with ExtDMUNet3DModel's calling convention (the real one is slow to backpropagate on CPU)."""
 
@@ -272,16 +287,18 @@ def test_denoising_loss_noises_with_the_scheduler_and_backpropagates():
     scheduler, unet = ExtDMDDIMScheduler(), _LinearDenoiser()
     clean, noise = torch.rand(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
     cond_motion, cond_features = torch.rand(2, 3, 2, 8, 8), torch.rand(2, 5, 6, 4, 4)
-    loss = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, noise)
+    output = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, noise)
+    loss = output.loss
     sample, timestep, got_motion, got_features = unet.calls[0]
     torch.testing.assert_close(sample, scheduler.add_noise(clean, noise, torch.tensor([10, 10])))
     assert timestep.tolist() == [10, 10] and got_motion is cond_motion and got_features is cond_features
     torch.testing.assert_close(loss, ((0.5 * sample - noise) ** 2).mean())
+    torch.testing.assert_close(output.model_output, 0.5 * sample)  # the prediction comes back with the loss
     loss.backward()
     assert unet.scale.grad is not None and unet.scale.grad != 0
     # drawn noise is reproducible from a generator
-    a = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1))
-    b = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1))
+    a = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1)).loss
+    b = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, 10, generator=torch.Generator().manual_seed(1)).loss
     assert torch.equal(a, b)
 
 
@@ -290,17 +307,17 @@ def test_denoising_loss_targets_the_velocity_for_v_prediction_and_weights_min_sn
     clean, noise = torch.rand(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
     cond_motion, cond_features = torch.rand(2, 3, 2, 8, 8), torch.rand(2, 5, 6, 4, 4)
     timesteps = torch.tensor([10, 900])
-    loss = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise)
+    loss = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise).loss
     sample = unet.calls[0][0]
     velocity = scheduler.get_velocity(clean, noise, timesteps)
     torch.testing.assert_close(loss, ((0.5 * sample - velocity) ** 2).mean())
     # Min-SNR-γ: per-sample MSE times min(SNR, γ) / (SNR + 1) for v, min(SNR, γ) / SNR for ε
     snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
     per_sample = ((0.5 * sample - velocity) ** 2).mean(dim=(1, 2, 3, 4))
-    weighted = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0)
+    weighted = denoising_loss(unet, scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0).loss
     torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5) / (snr + 1)).mean())
     eps_scheduler = ExtDMDDIMScheduler()
-    weighted = denoising_loss(unet, eps_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0)
+    weighted = denoising_loss(unet, eps_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0).loss
     per_sample = ((0.5 * sample - noise) ** 2).mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5) / snr).mean())
     assert snr[0] > 5 > snr[1]  # t=10 is down-weighted, t=900 keeps weight one

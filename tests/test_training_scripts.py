@@ -190,6 +190,44 @@ def test_flow_ae_resume_is_bit_identical(workspace):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dm_resume_with_gradient_accumulation_is_bit_identical(workspace):
+    """accelerator.accumulate: 2 micro-batches per step (8 in all, crossing epoch boundaries), killed after step 2."""
+    from extdm_diffusers.training import train_dm
+
+    extra = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "100",
+             "--gradient_accumulation_steps", "2", "--train_batch_size", "1", "--log_reconstruction_steps", "0")
+    full = workspace["root"] / "dm-accumulate-full"
+    train_dm.main(dm_argv(workspace, full, *extra))
+    resumed = workspace["root"] / "dm-accumulate-resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    train_dm.main(dm_argv(workspace, resumed, *extra, "--resume_from_checkpoint", "latest"))
+    a, b = unet_state(full), unet_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged if r["step"] > 2 and "loss" in r] == [r["loss"] for r in again if "loss" in r]
+
+
+def test_seed_defaults_to_the_registry_and_gradient_checkpointing_is_the_denoisers(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    from extdm_diffusers.benchmarks import get_benchmark
+    from extdm_diffusers.training import train_dm, train_flow_ae
+
+    seed = get_benchmark("smmnist").autoencoder_training.seed
+    assert seed == get_benchmark("smmnist").denoiser_training.seed
+    for name, extra in (("default", ()), ("explicit", ("--seed", str(seed)))):
+        train_flow_ae.main(ae_argv(workspace, tmp_path / name, "--max_train_steps", "1", *extra))
+    a = load_file(str(tmp_path / "default" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "explicit" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):  # an option of the denoiser only
+        train_flow_ae.parse_args(ae_argv(workspace, tmp_path / "ae", "--gradient_checkpointing"))
+    result = train_dm.main(dm_argv(workspace, tmp_path / "dm", "--max_train_steps", "1", "--gradient_checkpointing"))
+    assert result["global_step"] == 1 and np.isfinite(result["loss"])
+
+
 @pytest.mark.parametrize("script, extra, message", [
     ("dm", ["--benchmark", "nope"], "--benchmark"),
     ("ae", ["--benchmark", "nope"], "--benchmark"),

@@ -1,7 +1,8 @@
-"""Losses for training the ExtDM models (used by the training scripts and the quick start)."""
+"""Training the ExtDM models: the losses (used by the training scripts and the quick start) and the scripts'
+logic, ``train_flow_ae`` and ``train_dm``, both run by ``loop.train``."""
 
-from .common import TrainingArgumentError
-from .diffusion_loss import denoising_loss
+from .arguments import TrainingArgumentError
+from .diffusion_loss import DenoisingLossOutput, denoising_loss
 from .flow_autoencoder_losses import (
     PERCEPTUAL_LOSSES,
     VGG19_SLICE_ENDS,
@@ -14,6 +15,7 @@ from .flow_autoencoder_losses import (
 
 __all__ = [
     "TrainingArgumentError",
+    "DenoisingLossOutput",
     "denoising_loss",
     "EquivarianceTransform",
     "FlowAutoencoderLoss",

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
+
+
+@dataclass
+class DenoisingLossOutput(BaseOutput):
+    """``loss``: the scalar to backpropagate. ``model_output``: the denoiser's prediction (noise or velocity,
+    ``(B, 3, P, h, w)``), for metrics computed from the same forward."""
+
+    loss: torch.Tensor
+    model_output: torch.Tensor
+
+
+def _check_timesteps(timesteps: torch.Tensor, num_train_timesteps: int) -> None:
+    in_range = ((timesteps >= 0) & (timesteps < num_train_timesteps)).all()
+    message = f"`timesteps` must lie in [0, {num_train_timesteps})"
+    if timesteps.device.type == "cuda":
+        torch._assert_async(in_range, message)  # reading the result back would stall every training step
+    elif not in_range:
+        raise ValueError(f"{message}, got {timesteps.tolist()}")
 
 
 def denoising_loss(
@@ -22,7 +42,7 @@ def denoising_loss(
     noise: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
     snr_gamma: Optional[float] = None,
-) -> torch.Tensor:
+) -> DenoisingLossOutput:
     """MSE of the predicted noise (or velocity, for a ``v_prediction`` scheduler) on the predicted frames.
 
     ``clean_motion`` (B, 3, P, h, w), the future motion, is noised to ``timesteps`` with ``scheduler.add_noise``
@@ -38,6 +58,9 @@ def denoising_loss(
     weighted by min(SNR(t), γ) / SNR(t) (ε) or min(SNR(t), γ) / (SNR(t) + 1) (v), so the nearly noise-free steps,
     where the noise is hard to predict and matters little, stop dominating the gradient. ``None`` (the original):
     the plain mean.
+
+    Returns a ``DenoisingLossOutput``: the loss and the prediction it was computed from. On CUDA the timestep
+    range is checked on the device (a bad value fails at the next synchronisation), elsewhere before the call.
     """
     if not isinstance(clean_motion, torch.Tensor) or clean_motion.ndim != 5:
         got = tuple(clean_motion.shape) if isinstance(clean_motion, torch.Tensor) else type(clean_motion).__name__
@@ -48,15 +71,15 @@ def denoising_loss(
         timesteps = timesteps.expand(batch)
     if timesteps.shape != (batch,):
         raise ValueError(f"`timesteps` must be one integer or shape ({batch},) like `clean_motion`'s batch, got {tuple(timesteps.shape)}")
-    num_train_timesteps = scheduler.config.num_train_timesteps
-    if int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train_timesteps:
-        raise ValueError(f"`timesteps` must lie in [0, {num_train_timesteps}), got {timesteps.tolist()}")
+    _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     if noise is None:
         noise = torch.randn(clean_motion.shape, generator=generator, device=getattr(generator, "device", None) or clean_motion.device,
                             dtype=clean_motion.dtype).to(clean_motion.device)
     elif noise.shape != clean_motion.shape:
         raise ValueError(f"`noise` must have the shape of `clean_motion` {tuple(clean_motion.shape)}, got {tuple(noise.shape)}")
 
+    if snr_gamma is not None and snr_gamma <= 0:
+        raise ValueError(f"`snr_gamma` must be > 0 (or None for no weighting), got {snr_gamma}")
     prediction_type = scheduler.config.prediction_type
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"the scheduler's `prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -64,14 +87,12 @@ def denoising_loss(
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
     predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
     if snr_gamma is None:
-        return F.mse_loss(predicted, target)
-    if snr_gamma <= 0:
-        raise ValueError(f"`snr_gamma` must be > 0 (or None for no weighting), got {snr_gamma}")
+        return DenoisingLossOutput(loss=F.mse_loss(predicted, target), model_output=predicted)
     snr = compute_snr(scheduler, timesteps)
     # min(SNR, γ) weights the x0 error; in ε units that is min(SNR, γ) / SNR, in v units min(SNR, γ) / (SNR + 1)
     weights = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
     per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=tuple(range(1, predicted.ndim)))
-    return (per_sample * weights).mean()
+    return DenoisingLossOutput(loss=(per_sample * weights).mean(), model_output=predicted)
 
 
-__all__ = ["denoising_loss"]
+__all__ = ["DenoisingLossOutput", "denoising_loss"]

@@ -15,6 +15,7 @@ VGG19 ImageNet weights are downloaded by torchvision on first use. Offline, pass
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -23,15 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..benchmarks import AutoencoderTraining
 from ..models.autoencoder_blocks import AntiAliasDownsample2d, inverse_2x2, make_coordinate_grid
 
-# The original's config/AE/*.yaml ``train_params``.
-DEFAULT_SCALES = (1.0, 0.5, 0.25)  # Cityscapes adds 0.125
-DEFAULT_PERCEPTUAL_WEIGHTS = (10.0, 10.0, 10.0, 10.0, 10.0)
-DEFAULT_EQUIVARIANCE_WEIGHT = 10.0
-DEFAULT_SIGMA_AFFINE = 0.05
-DEFAULT_SIGMA_TPS = 0.005
-DEFAULT_POINTS_TPS = 5
+# The original's config/AE/*.yaml ``train_params``: the registry's ``AutoencoderTraining`` defaults.
+_ORIGINAL = {f.name: f.default for f in dataclasses.fields(AutoencoderTraining) if f.default is not dataclasses.MISSING}
+DEFAULT_SCALES = _ORIGINAL["pyramid_scales"]  # Cityscapes adds 0.125
+DEFAULT_PERCEPTUAL_WEIGHTS = _ORIGINAL["perceptual_weights"]
+DEFAULT_EQUIVARIANCE_SHIFT_WEIGHT = _ORIGINAL["equivariance_shift_weight"]
+DEFAULT_EQUIVARIANCE_AFFINE_WEIGHT = _ORIGINAL["equivariance_affine_weight"]
+DEFAULT_SIGMA_AFFINE = _ORIGINAL["sigma_affine"]
+DEFAULT_SIGMA_TPS = _ORIGINAL["sigma_tps"]
+DEFAULT_POINTS_TPS = _ORIGINAL["points_tps"]
 # With ``perceptual_loss="none"``: the weight of each pyramid level's pixel L1 (no counterpart in the original;
 # 10 is the weight the original gives each perceptual term).
 DEFAULT_PIXEL_WEIGHT = 10.0
@@ -249,17 +253,8 @@ class EquivarianceTransform:
         return F.grid_sample(image, grid, padding_mode="reflection", align_corners=False)
 
 
-def random_transform(
-    batch_size: int,
-    sigma_affine: float = DEFAULT_SIGMA_AFFINE,
-    sigma_tps: Optional[float] = DEFAULT_SIGMA_TPS,
-    points_tps: int = DEFAULT_POINTS_TPS,
-    generator: Optional[torch.Generator] = None,
-    device: Union[str, torch.device, None] = None,
-    dtype: torch.dtype = torch.float32,
-) -> EquivarianceTransform:
-    """``EquivarianceTransform.sample`` (the original ``Transform``)."""
-    return EquivarianceTransform.sample(batch_size, sigma_affine, sigma_tps, points_tps, generator, device, dtype)
+# the original's name (``Transform``) for drawing one
+random_transform = EquivarianceTransform.sample
 
 
 class FlowAutoencoderLoss(nn.Module):
@@ -289,8 +284,8 @@ class FlowAutoencoderLoss(nn.Module):
         perceptual_weights: Sequence[float] = DEFAULT_PERCEPTUAL_WEIGHTS,
         vgg_weights: Union[str, os.PathLike, None, VGG19PerceptualFeatures] = "imagenet",
         pixel_weight: float = DEFAULT_PIXEL_WEIGHT,
-        equivariance_shift_weight: float = DEFAULT_EQUIVARIANCE_WEIGHT,
-        equivariance_affine_weight: float = DEFAULT_EQUIVARIANCE_WEIGHT,
+        equivariance_shift_weight: float = DEFAULT_EQUIVARIANCE_SHIFT_WEIGHT,
+        equivariance_affine_weight: float = DEFAULT_EQUIVARIANCE_AFFINE_WEIGHT,
         sigma_affine: float = DEFAULT_SIGMA_AFFINE,
         sigma_tps: Optional[float] = DEFAULT_SIGMA_TPS,
         points_tps: int = DEFAULT_POINTS_TPS,
