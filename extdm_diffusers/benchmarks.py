@@ -14,16 +14,26 @@ Choices where the original disagrees with itself are listed in ``docs/benchmarks
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
+from .architectures import ARCHITECTURE_PRESETS, PAPER_UNET_CONFIG, TRAJ_ADA, TRAJ_ADA_U22, TRAJ_U12, WO_REF
 from .config_utils import deep_merge
-from .data.sampling import ClipAugmentation
+from .data.augmentation import ClipAugmentation
 
-if TYPE_CHECKING:  # the registry is imported by the data package; models are imported lazily
+if TYPE_CHECKING:  # models and data sets are imported when first used
+    import datasets
+
+    from .data.clips import FramePairDataset, VideoClipDataset
     from .pipelines import ExtDMPipeline
 
+PathOrDataset = Union[str, "os.PathLike[str]", "datasets.Dataset"]
+
 _JITTER = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.1}
+# the default --seed of both training scripts
+TRAINING_SEED = 1234
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class AutoencoderTraining:
     sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
+    seed: int = TRAINING_SEED
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class DenoiserTraining:
     num_repeats: int
     adam_betas: Tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    seed: int = 1234
+    seed: int = TRAINING_SEED
 
 
 @dataclass(frozen=True)
@@ -121,27 +132,62 @@ class Benchmark:
         return deep_merge(dict(self.flow_autoencoder, sample_size=self.frame_size), overrides)
 
     def unet_config(self, cond_feature_channels: int = 256, **overrides: Any) -> Dict[str, Any]:
-        """``ExtDMUNet3DModel`` constructor arguments of the paper's denoiser for this benchmark (dim 64,
-        dim_mults (1, 2, 4, 4), the training window), ``overrides`` merged over them."""
-        from .conversion import original_unet_kwargs, unet_config_from_original
-
-        kwargs = original_unet_kwargs(self.architecture, self.as_original_config())
-        config = unet_config_from_original(self.architecture, **kwargs)
-        config["cond_feature_channels"] = cond_feature_channels
+        """``ExtDMUNet3DModel`` constructor arguments of the paper's denoiser for this benchmark (the paper's sizes,
+        the architecture's preset, the training window), ``overrides`` merged over them."""
+        config = dict(
+            PAPER_UNET_CONFIG,
+            **ARCHITECTURE_PRESETS[self.architecture],
+            num_cond_frames=self.train_cond_frames,
+            num_pred_frames=self.train_pred_frames,
+            cond_feature_channels=cond_feature_channels,
+        )
         if config["condition_feature_mode"] == "trajectory_attention":  # attends from the embedded motion to the features
             config["motion_embedding_channels"] = cond_feature_channels
         return deep_merge(config, overrides)
 
-    def as_original_config(self) -> Dict[str, Any]:
-        """The parts of the original DM YAML that the conversion functions read."""
-        return {
-            "flow_params": {"model_params": copy.deepcopy(self.flow_autoencoder)},
-            "dataset_params": {
-                "frame_shape": self.frame_size,
-                "train_params": {"cond_frames": self.train_cond_frames, "pred_frames": self.train_pred_frames},
-                "valid_params": {"cond_frames": self.evaluation.cond_frames, "pred_frames": self.evaluation.pred_frames},
-            },
+    def clip_dataset(self, path_or_dataset: PathOrDataset, split: str, **overrides: Any) -> "VideoClipDataset":
+        """The clips the original DM reads: for ``split == "train"`` random ``train_cond_frames + train_pred_frames``
+        clips (not augmented, as the original's ``VideoDataset``), else the evaluation protocol's clips.
+        ``overrides`` replace any ``VideoClipDataset`` argument."""
+        from .data.clips import VideoClipDataset
+
+        train = split == "train"
+        protocol = self.evaluation
+        kwargs: Dict[str, Any] = {
+            "num_frames": (self.train_cond_frames + self.train_pred_frames) if train
+            else (protocol.cond_frames + protocol.pred_frames),
+            "train": train,
+            "crop_width": self.crop_width,
         }
+        if not train:
+            kwargs.update(num_videos=protocol.num_videos, video_stride=protocol.video_stride)
+        kwargs.update(overrides)
+        return VideoClipDataset(_video_dataset(path_or_dataset, split), **kwargs)
+
+    def frame_pairs(self, path_or_dataset: PathOrDataset, split: str = "train", **overrides: Any) -> "FramePairDataset":
+        """The flow autoencoder's training pairs (the original's ``TwoFramesDataset``), with its augmentation and
+        frame distances. ``overrides`` replace any ``FramePairDataset`` argument."""
+        from .data.clips import FramePairDataset
+
+        training = self.autoencoder_training
+        kwargs: Dict[str, Any] = {
+            "min_distance": training.min_frame_distance,
+            "max_distance": training.max_frame_distance,
+            "augmentation": training.augmentation,
+            "crop_width": self.crop_width,
+        }
+        kwargs.update(overrides)
+        return FramePairDataset(_video_dataset(path_or_dataset, split), **kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every field, in JSON types (tuples become lists): ``Benchmark.from_dict(json.loads(json.dumps(b.to_dict())))
+        == b``."""
+        return _json_types(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Benchmark":
+        """The benchmark that ``to_dict`` describes; an unknown or missing field raises an error naming it."""
+        return _dataclass_from_dict(cls, data, "benchmark")
 
     def random_pipeline(self, **unet_overrides: Any) -> "ExtDMPipeline":
         """A pipeline of this benchmark's paper configuration with freshly initialised weights: for trying the
@@ -155,72 +201,172 @@ class Benchmark:
         return ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler())
 
 
-def _flow_params(num_regions: int, scale_factor: float = 0.5, bg_type: str = "affine") -> Dict[str, Any]:
-    """The original ``flow_params.model_params``, complete; only these three values differ between benchmarks."""
-    return {
-        "num_regions": num_regions,
-        "num_channels": 3,
-        "estimate_affine": True,
-        "revert_axis_swap": True,
-        "bg_predictor_params": {"block_expansion": 32, "max_features": 1024, "num_blocks": 5, "bg_type": bg_type},
-        "region_predictor_params": {
-            "temperature": 0.1, "block_expansion": 32, "max_features": 1024, "scale_factor": scale_factor,
-            "num_blocks": 5, "pca_based": True, "pad": 0, "fast_svd": False,
-        },
-        "generator_params": {
-            "block_expansion": 64, "max_features": 512, "num_down_blocks": 2, "num_bottleneck_blocks": 6, "skips": True,
-            "pixelwise_flow_predictor_params": {
-                "block_expansion": 64, "max_features": 1024, "num_blocks": 5, "scale_factor": scale_factor,
-                "use_deformed_source": True, "use_covar_heatmap": True, "estimate_occlusion_map": True,
-            },
-        },
-    }
+def _json_types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _json_types(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_types(item) for item in value]
+    return value
 
 
-_WO_REF = "DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi"
-_TRAJ_ADA = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada"
-_TRAJ_U12 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_u12"
-_TRAJ_ADA_U22 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada_u22"
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+_NESTED_DATACLASSES = {cls.__name__: cls for cls in (AutoencoderTraining, DenoiserTraining, EvaluationProtocol, ClipAugmentation)}
+
+
+def _dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """``cls`` from a ``to_dict`` form: nested registry dataclasses rebuilt, lists of ``Tuple`` fields made tuples."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"`{where}` must be a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"`{where}`: unknown fields {unknown}; {cls.__name__} has {sorted(fields)}")
+    missing = sorted(name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"`{where}`: missing fields {missing}")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = str(fields[name].type)  # a string: this module uses postponed annotations
+        if annotation in _NESTED_DATACLASSES:
+            value = _dataclass_from_dict(_NESTED_DATACLASSES[annotation], value, f"{where}.{name}")
+        elif annotation.startswith("Tuple"):
+            value = _tuples(value)
+        else:
+            value = copy.deepcopy(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _video_dataset(path_or_dataset: PathOrDataset, split: str) -> "datasets.Dataset":
+    import datasets
+
+    from .data.clips import load_video_dataset
+
+    return path_or_dataset if isinstance(path_or_dataset, datasets.Dataset) else load_video_dataset(path_or_dataset, split)
+
+
+def _flow_params(num_regions: int, scale_factor: Optional[float] = None, bg_type: Optional[str] = None) -> Dict[str, Any]:
+    """The original ``flow_params.model_params``, complete: only these three values differ between benchmarks
+    (``None``: the model's default)."""
+    from .models.flow_autoencoder import FlowAutoencoder
+
+    changes: Dict[str, Any] = {"num_regions": num_regions}
+    if scale_factor is not None:
+        changes["region_predictor_params"] = {"scale_factor": scale_factor}
+        changes["generator_params"] = {"pixelwise_flow_predictor_params": {"scale_factor": scale_factor}}
+    if bg_type is not None:
+        changes["bg_predictor_params"] = {"bg_type": bg_type}
+    return FlowAutoencoder.complete_config(**changes)
+
 
 BENCHMARKS: Dict[str, Benchmark] = {
     "smmnist": Benchmark(
-        "smmnist", "Stochastic Moving MNIST", 64, 3, _flow_params(10), _WO_REF, 10, 5,
-        AutoencoderTraining(100, (50_000,), 0.5, 100, 10, 0, 10, ClipAugmentation(time_flip=True, **_JITTER)),
-        DenoiserTraining(40, 2e-4, (100_000, 150_000), 0.8, 134, 1),
-        EvaluationProtocol(10, 10, use_occlusion=True),
+        name="smmnist",
+        display_name="Stochastic Moving MNIST",
+        frame_size=64,
+        num_channels=3,
+        flow_autoencoder=_flow_params(num_regions=10),
+        architecture=WO_REF,
+        train_cond_frames=10,
+        train_pred_frames=5,
+        autoencoder_training=AutoencoderTraining(
+            batch_size=100, lr_milestones=(50_000,), lr_gamma=0.5, num_epochs=100, num_repeats=10,
+            min_frame_distance=0, max_frame_distance=10, augmentation=ClipAugmentation(time_flip=True, **_JITTER),
+        ),
+        denoiser_training=DenoiserTraining(
+            batch_size=40, learning_rate=2e-4, lr_milestones=(100_000, 150_000), lr_gamma=0.8, num_epochs=134,
+            num_repeats=1,
+        ),
+        evaluation=EvaluationProtocol(cond_frames=10, pred_frames=10, use_occlusion=True),
         paper_results={"fvd": 11.11},
         notes="The original SMMNIST evaluation cannot run (a SyntaxError in VideoFlowDiffusion_multi1248.py), so "
               "its occlusion setting is unknown; occlusion is on here, as in training.",
     ),
     "kth": Benchmark(
-        "kth", "KTH", 64, 3, _flow_params(20), _TRAJ_ADA, 10, 20,
-        AutoencoderTraining(256, (50_000,), 0.5, 1072, 25, 0, 20, ClipAugmentation(horizontal_flip=True, **_JITTER)),
-        DenoiserTraining(36, 2e-4, (80_000, 150_000), 0.75, 26_000, 1),
+        name="kth",
+        display_name="KTH",
+        frame_size=64,
+        num_channels=3,
+        flow_autoencoder=_flow_params(num_regions=20),
+        architecture=TRAJ_ADA,
+        train_cond_frames=10,
+        train_pred_frames=20,
+        autoencoder_training=AutoencoderTraining(
+            batch_size=256, lr_milestones=(50_000,), lr_gamma=0.5, num_epochs=1072, num_repeats=25,
+            min_frame_distance=0, max_frame_distance=20, augmentation=ClipAugmentation(horizontal_flip=True, **_JITTER),
+        ),
+        denoiser_training=DenoiserTraining(
+            batch_size=36, learning_rate=2e-4, lr_milestones=(80_000, 150_000), lr_gamma=0.75, num_epochs=26_000,
+            num_repeats=1,
+        ),
         # the original calls KTH's held-out persons 21-25 "valid"; the builder names that split "test"
-        EvaluationProtocol(10, 40, use_occlusion=False),
+        evaluation=EvaluationProtocol(cond_frames=10, pred_frames=40, use_occlusion=False),
         paper_results={"fvd": 221.4, "psnr": 27.91, "ssim": 0.799, "lpips": 0.093},
     ),
     "bair": Benchmark(
-        "bair", "BAIR robot pushing", 64, 3, _flow_params(10), _TRAJ_U12, 2, 10,
-        AutoencoderTraining(100, (50_000,), 0.5, 100, 100, 10, 30, ClipAugmentation(**_JITTER)),
-        DenoiserTraining(48, 1.5e-4, (70_000, 150_000), 0.8, 148, 2),
-        EvaluationProtocol(2, 28, use_occlusion=False),
+        name="bair",
+        display_name="BAIR robot pushing",
+        frame_size=64,
+        num_channels=3,
+        flow_autoencoder=_flow_params(num_regions=10),
+        architecture=TRAJ_U12,
+        train_cond_frames=2,
+        train_pred_frames=10,
+        autoencoder_training=AutoencoderTraining(
+            batch_size=100, lr_milestones=(50_000,), lr_gamma=0.5, num_epochs=100, num_repeats=100,
+            min_frame_distance=10, max_frame_distance=30, augmentation=ClipAugmentation(**_JITTER),
+        ),
+        denoiser_training=DenoiserTraining(
+            batch_size=48, learning_rate=1.5e-4, lr_milestones=(70_000, 150_000), lr_gamma=0.8, num_epochs=148,
+            num_repeats=2,
+        ),
+        evaluation=EvaluationProtocol(cond_frames=2, pred_frames=28, use_occlusion=False),
         paper_results={"fvd": 102.8},
     ),
     "cityscapes": Benchmark(
-        "cityscapes", "Cityscapes", 128, 3, _flow_params(20, scale_factor=0.25, bg_type="perspective"), _TRAJ_ADA_U22, 2, 5,
-        AutoencoderTraining(128, (20_000, 40_000), 0.5, 432, 20, 0, 30, ClipAugmentation(horizontal_flip=True, **_JITTER),
-                            pyramid_scales=(1.0, 0.5, 0.25, 0.125)),
-        DenoiserTraining(32, 1.2e-4, (100_000, 150_000), 0.75, 100_000, 1),
-        EvaluationProtocol(2, 28, use_occlusion=True),
+        name="cityscapes",
+        display_name="Cityscapes",
+        frame_size=128,
+        num_channels=3,
+        flow_autoencoder=_flow_params(num_regions=20, scale_factor=0.25, bg_type="perspective"),
+        architecture=TRAJ_ADA_U22,
+        train_cond_frames=2,
+        train_pred_frames=5,
+        autoencoder_training=AutoencoderTraining(
+            batch_size=128, lr_milestones=(20_000, 40_000), lr_gamma=0.5, num_epochs=432, num_repeats=20,
+            min_frame_distance=0, max_frame_distance=30, augmentation=ClipAugmentation(horizontal_flip=True, **_JITTER),
+            pyramid_scales=(1.0, 0.5, 0.25, 0.125),
+        ),
+        denoiser_training=DenoiserTraining(
+            batch_size=32, learning_rate=1.2e-4, lr_milestones=(100_000, 150_000), lr_gamma=0.75, num_epochs=100_000,
+            num_repeats=1,
+        ),
+        evaluation=EvaluationProtocol(cond_frames=2, pred_frames=28, use_occlusion=True),
         paper_results={"fvd": 121.3},
     ),
     "ucf101": Benchmark(
-        "ucf101", "UCF-101", 64, 3, _flow_params(64), _TRAJ_ADA_U22, 4, 8,
-        AutoencoderTraining(100, (100_000, 150_000), 0.8, 21, 100, 0, 20, ClipAugmentation(horizontal_flip=True, **_JITTER)),
-        DenoiserTraining(32, 2e-4, (100_000, 150_000), 0.8, 21, 32),
+        name="ucf101",
+        display_name="UCF-101",
+        frame_size=64,
+        num_channels=3,
+        flow_autoencoder=_flow_params(num_regions=64),
+        architecture=TRAJ_ADA_U22,
+        train_cond_frames=4,
+        train_pred_frames=8,
+        autoencoder_training=AutoencoderTraining(
+            batch_size=100, lr_milestones=(100_000, 150_000), lr_gamma=0.8, num_epochs=21, num_repeats=100,
+            min_frame_distance=0, max_frame_distance=20, augmentation=ClipAugmentation(horizontal_flip=True, **_JITTER),
+        ),
+        denoiser_training=DenoiserTraining(
+            batch_size=32, learning_rate=2e-4, lr_milestones=(100_000, 150_000), lr_gamma=0.8, num_epochs=21,
+            num_repeats=32,
+        ),
         # the paper evaluates 4 -> 12 (config/DM/ucf.yaml says 16); every 10th test video, centre crop
-        EvaluationProtocol(4, 12, use_occlusion=True, video_stride=10),
+        evaluation=EvaluationProtocol(cond_frames=4, pred_frames=12, use_occlusion=True, video_stride=10),
         paper_results={"fvd": 394.1},
         frame_width=85,
         notes="No original evaluation script exists for UCF-101: the denoiser is the one scripts/DM/train.py "

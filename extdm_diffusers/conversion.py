@@ -11,6 +11,16 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from .architectures import (
+    ARCHITECTURE_PRESETS,
+    ORIGINAL_FEATURE_CHANNELS,
+    PAPER_UNET_CONFIG,
+    TRAJ_ADA,
+    TRAJ_ADA_U22,
+    TRAJ_U12,
+    TRAJ_U22,
+    WO_REF,
+)
 from .models.flow_autoencoder import FlowAutoencoder
 from .models.unet_3d_extdm import ExtDMUNet3DModel
 from .pipelines.pipeline_extdm import ExtDMPipeline
@@ -120,58 +130,29 @@ def flow_autoencoder_from_original(checkpoint: Mapping[str, StateDict], flow_par
 # ------------------------------------------------------------------------------------------------------------
 # Denoiser (Unet3D)
 # ------------------------------------------------------------------------------------------------------------
-_WO_REF = "DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi"
-_TRAJ_U12 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_u12"
-_TRAJ_U22 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_u22"
-_TRAJ_ADA = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada"
-_TRAJ_ADA_U22 = "DenoiseNet_STWAtt_w_w_ref_adaptor_cross_multi_traj_ada_u22"
-
-#: ``ExtDMUNet3DModel`` config that reproduces each original denoiser module, and the original's own
-#: constructor defaults that differ between the files.
-ARCHITECTURE_PRESETS: Dict[str, dict] = {
-    _WO_REF: dict(
-        config=dict(include_reference_motion=False, condition_feature_mode="none"),
-        defaults=dict(window_size=(2, 4, 4), attn_dim_head=32),
-        motion_embedding=False,
-        unused=(),
-    ),
-    _TRAJ_U12: dict(
-        config=dict(include_reference_motion=True, condition_feature_mode="trajectory_attention"),
-        defaults=dict(window_size=(2, 4, 4), attn_dim_head=32),
-        motion_embedding=True,
-        unused=("init_adaptor.",),  # built but never called by the original forward
-    ),
-    _TRAJ_ADA: dict(
-        config=dict(include_reference_motion=True, condition_feature_mode="adaptor"),
-        defaults=dict(window_size=(4, 4, 4), attn_dim_head=16),
-        motion_embedding=True,
-        unused=(),
-    ),
-    _TRAJ_ADA_U22: dict(
-        config=dict(
-            include_reference_motion=True,
-            condition_feature_mode="adaptor",
-            block_layout="grouped",
-            block_temporal_attention=True,
-            adaptor_kernel_size=(3, 3, 3),
-            adaptor_zero_init=False,
-            all_down_adaptors=True,
-        ),
-        defaults=dict(window_size=(4, 4, 4), attn_dim_head=32),
-        motion_embedding=False,
-        unused=("init_noise_conv.",),  # built but never called by the original forward
-    ),
+#: Original modules that build parts their forward never calls: the checkpoint's keys of these are dropped.
+_UNCALLED_ORIGINAL_PARTS: Dict[str, Tuple[str, ...]] = {
+    TRAJ_U12: ("init_adaptor.",),
+    TRAJ_U22: ("init_adaptor.",),
+    TRAJ_ADA_U22: ("init_noise_conv.",),
 }
-ARCHITECTURE_PRESETS[_TRAJ_U22] = ARCHITECTURE_PRESETS[_TRAJ_U12]  # the two files are identical
 
-#: The feature width the original ``traj`` denoisers hard-code (adaptor, trajectory attention, noise embedding).
-ORIGINAL_FEATURE_CHANNELS = 256
+#: The original ``Unet3D`` constructor defaults that all the files share (``window_size`` and ``attn_dim_head``
+#: differ between them: their defaults are the presets').
+_ORIGINAL_UNET_DEFAULTS = dict(dim_mults=(1, 2, 4), channels=3, attn_heads=8, init_kernel_size=7, resnet_groups=8,
+                               use_deconv=True, padding_mode="zeros", cond_num=0, pred_num=0, out_grid_dim=2,
+                               out_conf_dim=1)
 
 _ORIGINAL_UNET_ARGS = {
     "dim", "cond_dim", "out_grid_dim", "out_conf_dim", "window_size", "dim_mults", "channels", "cond_channels",
     "attn_heads", "attn_dim_head", "use_bert_text_cond", "init_dim", "init_kernel_size", "resnet_groups",
     "use_final_activation", "learn_null_cond", "use_deconv", "padding_mode", "cond_num", "pred_num", "framesize", "l",
 }
+
+
+def _original_motion_width(architecture: str) -> int:
+    """Channels of the motion the original ``Unet3D`` input starts with: embedded or the raw flow + occlusion."""
+    return 3 if ARCHITECTURE_PRESETS[architecture]["motion_embedding_channels"] is None else ORIGINAL_FEATURE_CHANNELS
 
 
 def unet_config_from_original(architecture: str, **unet_kwargs) -> dict:
@@ -181,12 +162,10 @@ def unet_config_from_original(architecture: str, **unet_kwargs) -> dict:
     unknown = sorted(set(unet_kwargs) - _ORIGINAL_UNET_ARGS)
     if unknown:
         raise ValueError(f"unknown original Unet3D arguments {unknown}")
-    if "l" in unet_kwargs and architecture != _TRAJ_ADA:
+    if "l" in unet_kwargs and architecture != TRAJ_ADA:
         raise ValueError(f"the original {architecture} takes no `l` (adaptor layers) argument")
     preset = ARCHITECTURE_PRESETS[architecture]
-    args = dict(dim_mults=(1, 2, 4), channels=3, attn_heads=8, init_kernel_size=7, resnet_groups=8, use_deconv=True,
-                padding_mode="zeros", cond_num=0, pred_num=0, out_grid_dim=2, out_conf_dim=1)
-    args.update(preset["defaults"])
+    args = dict(_ORIGINAL_UNET_DEFAULTS, window_size=preset["window_size"], attn_dim_head=preset["attention_head_dim"])
     args.update(unet_kwargs)
     if "dim" not in args:
         raise ValueError("the original Unet3D argument `dim` is required")
@@ -197,16 +176,16 @@ def unet_config_from_original(architecture: str, **unet_kwargs) -> dict:
         raise ValueError("ExtDM denoisers predict 2 flow and 1 occlusion channels (`out_grid_dim=2`, `out_conf_dim=1`)")
     # `use_final_activation`, `framesize`, `cond_channels` and `learn_null_cond` (without a condition) change
     # nothing the original forward computes.
-    motion_width = ORIGINAL_FEATURE_CHANNELS if preset["motion_embedding"] else 3
+    motion_width = _original_motion_width(architecture)
     feature_channels = args["channels"] - motion_width
-    if feature_channels <= 0 or (preset["config"]["condition_feature_mode"] != "none" and feature_channels != ORIGINAL_FEATURE_CHANNELS):
-        expected = f"{motion_width} + {ORIGINAL_FEATURE_CHANNELS}" if preset["config"]["condition_feature_mode"] != "none" else f"{motion_width} + feature channels"
+    conditioned = preset["condition_feature_mode"] != "none"
+    if feature_channels <= 0 or (conditioned and feature_channels != ORIGINAL_FEATURE_CHANNELS):
+        expected = f"{motion_width} + {ORIGINAL_FEATURE_CHANNELS}" if conditioned else f"{motion_width} + feature channels"
         raise ValueError(f"`channels` of {architecture} must be {expected}, got {args['channels']}")
 
-    config = {k: v for k, v in preset["config"].items() if k != "all_down_adaptors"}
-    num_levels = len(args["dim_mults"])
-    if preset["config"].get("all_down_adaptors"):
-        config["down_block_adaptors"] = (True,) * num_levels
+    config = dict(preset)
+    if "down_block_adaptors" in preset:  # the preset's flags are for four levels; the original treats all alike
+        config["down_block_adaptors"] = preset["down_block_adaptors"][:1] * len(args["dim_mults"])
     config.update(
         num_cond_frames=args["cond_num"],
         num_pred_frames=args["pred_num"],
@@ -219,7 +198,6 @@ def unet_config_from_original(architecture: str, **unet_kwargs) -> dict:
         attention_heads=args["attn_heads"],
         attention_head_dim=args["attn_dim_head"],
         window_size=tuple(args["window_size"]),
-        motion_embedding_channels=ORIGINAL_FEATURE_CHANNELS if preset["motion_embedding"] else None,
         adaptor_layers=args.get("l") or None,
         use_deconv=args["use_deconv"],
         padding_mode=args["padding_mode"],
@@ -307,8 +285,8 @@ def _unet_rename_rules(config: dict, architecture: str) -> List[Tuple[str, Optio
         (r"init_traj\.cross_att\.linear_o\.(weight|bias)", r"trajectory_attention.to_out.\1"),
         (r"init_traj\.fuser\.(weight|bias)", r"trajectory_attention.fuser.\1"),
     ]
-    unused = ARCHITECTURE_PRESETS[architecture]["unused"]
-    rules = [(re.escape(prefix) + ".*", None) for prefix in unused] + rules
+    uncalled = _UNCALLED_ORIGINAL_PARTS.get(architecture, ())
+    rules = [(re.escape(prefix) + ".*", None) for prefix in uncalled] + rules
     if config.get("motion_embedding_channels") is not None:
         rules.append((r"init_noise_conv\.(weight|bias)", r"motion_embedding.\1"))
     return rules
@@ -351,11 +329,11 @@ def original_unet_kwargs(architecture: str, config: Mapping) -> dict:
     if architecture not in ARCHITECTURE_PRESETS:
         raise ValueError(f"`architecture` must be one of {sorted(ARCHITECTURE_PRESETS)}, got {architecture!r}")
     train = config["dataset_params"]["train_params"]
-    motion_width = ORIGINAL_FEATURE_CHANNELS if ARCHITECTURE_PRESETS[architecture]["motion_embedding"] else 3
     return dict(
-        dim=64, channels=motion_width + ORIGINAL_FEATURE_CHANNELS, dim_mults=(1, 2, 4, 4), cond_num=train["cond_frames"],
-        pred_num=train["pred_frames"], use_deconv=True, padding_mode="zeros", learn_null_cond=False,
-        use_final_activation=False,
+        dim=PAPER_UNET_CONFIG["base_channels"], channels=_original_motion_width(architecture) + ORIGINAL_FEATURE_CHANNELS,
+        dim_mults=PAPER_UNET_CONFIG["channel_mults"], cond_num=train["cond_frames"], pred_num=train["pred_frames"],
+        use_deconv=PAPER_UNET_CONFIG["use_deconv"], padding_mode=PAPER_UNET_CONFIG["padding_mode"],
+        learn_null_cond=False, use_final_activation=False,
     )
 
 
@@ -371,13 +349,13 @@ def infer_unet_from_original(state_dict: StateDict) -> Tuple[str, dict]:
 
     keys = set(state_dict)
     if any(re.match(r"downs\.\d+\.6\.", k) for k in keys):
-        architecture = _TRAJ_ADA_U22  # grouped blocks: temporal attention at 5, the sampler at 6
+        architecture = TRAJ_ADA_U22  # grouped blocks: temporal attention at 5, the sampler at 6
     elif any(k.startswith("init_traj.") for k in keys):
-        architecture = _TRAJ_U12
+        architecture = TRAJ_U12
     elif any(k.startswith("cond_adaptor.") for k in keys):
-        architecture = _TRAJ_ADA
+        architecture = TRAJ_ADA
     else:
-        architecture = _WO_REF
+        architecture = WO_REF
     init_dim, channels, _, _, kernel = shape("init_conv.weight")
     dim = shape("time_mlp.1.weight")[1]
     levels = sorted({int(m.group(1)) for k in keys if (m := re.match(r"downs\.(\d+)\.0\.block1\.proj\.weight", k))})
@@ -396,12 +374,12 @@ def infer_unet_from_original(state_dict: StateDict) -> Tuple[str, dict]:
     observed = modulated_in // mid_channels // (2**layers - 1)
     kwargs = dict(
         dim=dim, channels=channels, dim_mults=dim_mults, attn_heads=heads, attn_dim_head=dim_head, window_size=windows[0],
-        init_kernel_size=kernel, cond_num=observed + (1 if architecture == _WO_REF else 0), pred_num=modulated_out // mid_channels,
+        init_kernel_size=kernel, cond_num=observed + (1 if architecture == WO_REF else 0), pred_num=modulated_out // mid_channels,
         use_deconv=not any(re.match(r"ups\.\d+\.[56]\.1\.weight", k) for k in keys),
     )
     if init_dim != dim:
         kwargs["init_dim"] = init_dim
-    if architecture == _TRAJ_ADA:
+    if architecture == TRAJ_ADA:
         kwargs["l"] = layers
     return architecture, kwargs
 

@@ -19,7 +19,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 import yaml
 
-from .conversion import ARCHITECTURE_PRESETS, CheckpointConversionError, infer_unet_from_original, pipeline_from_original
+from .architectures import ARCHITECTURE_PRESETS
+from .conversion import CheckpointConversionError, infer_unet_from_original, pipeline_from_original
 
 # Recognised original experiment names -> the dataset the model was trained on.
 _DATASETS = {"smmnist": "SMMNIST", "kth": "KTH", "bair": "BAIR robot pushing", "cityscapes": "Cityscapes", "ucf": "UCF-101"}

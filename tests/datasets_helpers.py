@@ -6,9 +6,8 @@ import contextlib
 import functools
 import gzip
 import http.server
-import importlib.util
+import importlib
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -16,17 +15,11 @@ from typing import Iterator
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-BUILDERS = REPO / "dataset_builders"
 
 
 def load_builder(name: str):
-    """Import ``dataset_builders/<name>.py`` as a module (the builders are scripts, not a package)."""
-    if str(BUILDERS) not in sys.path:
-        sys.path.insert(0, str(BUILDERS))
-    spec = importlib.util.spec_from_file_location(f"builder_{name}", BUILDERS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The builder module ``extdm_diffusers.data.builders.<name>`` (``dataset_builders/<name>.py`` is its CLI)."""
+    return importlib.import_module(f"extdm_diffusers.data.builders.{name}")
 
 
 def write_avi(path: Path, frames: np.ndarray, fps: int = 25) -> Path:

@@ -1,10 +1,16 @@
 """The benchmark registry: one table per benchmark that conversion, data, training and evaluation read."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from extdm_diffusers import FlowAutoencoder
-from extdm_diffusers.benchmarks import BENCHMARKS, get_benchmark
-from extdm_diffusers.conversion import ARCHITECTURE_PRESETS
+from extdm_diffusers.architectures import ARCHITECTURE_PRESETS
+from extdm_diffusers.benchmarks import BENCHMARKS, Benchmark, get_benchmark
+from extdm_diffusers.conversion import original_unet_kwargs, unet_config_from_original
+
+CONFIGS = Path(__file__).parent / "benchmark_configs.json"
 
 
 def test_five_benchmarks_with_case_insensitive_names():
@@ -46,3 +52,54 @@ def test_unet_config_takes_the_feature_channels_and_overrides():
     assert config["cond_feature_channels"] == 64 and config["base_channels"] == 16
     assert config["condition_feature_mode"] == "trajectory_attention" and config["motion_embedding_channels"] == 64
     assert (config["num_cond_frames"], config["num_pred_frames"]) == (2, 10)
+
+
+def _original_dm_config(benchmark):
+    """The parts of the benchmark's original ``config/DM/*.yaml`` that the converter reads."""
+    return {"dataset_params": {"train_params": {"cond_frames": benchmark.train_cond_frames,
+                                                "pred_frames": benchmark.train_pred_frames}}}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_native_unet_config_is_what_the_converter_makes_of_the_original(name):
+    benchmark = get_benchmark(name)
+    kwargs = original_unet_kwargs(benchmark.architecture, _original_dm_config(benchmark))
+    assert benchmark.unet_config() == unet_config_from_original(benchmark.architecture, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_configs_are_the_ones_the_registry_always_gave(name):
+    """``benchmark_configs.json``: the configs the registry gave when it still built them through the converter
+    (JSON: tuples as lists)."""
+    expected = json.loads(CONFIGS.read_text())[name]
+    benchmark = get_benchmark(name)
+    built = {
+        "unet": benchmark.unet_config(),
+        "unet64": benchmark.unet_config(64),
+        "unet_override": benchmark.unet_config(32, base_channels=16, channel_mults=(1, 2)),
+        "flow": benchmark.flow_autoencoder_config(),
+        "flow_override": benchmark.flow_autoencoder_config(num_regions=4, generator_params={"block_expansion": 8}),
+    }
+    assert json.loads(json.dumps(built)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_a_benchmark_round_trips_through_json(name):
+    benchmark = get_benchmark(name)
+    data = json.loads(json.dumps(benchmark.to_dict()))
+    assert data == benchmark.to_dict()  # JSON types already
+    restored = Benchmark.from_dict(data)
+    assert restored == benchmark and repr(restored) == repr(benchmark)  # tuples are tuples again
+    assert set(data) == {"name", "display_name", "frame_size", "num_channels", "flow_autoencoder", "architecture",
+                         "train_cond_frames", "train_pred_frames", "autoencoder_training", "denoiser_training",
+                         "evaluation", "paper_results", "frame_width", "notes"}
+
+
+def test_from_dict_names_the_field_that_is_wrong():
+    data = get_benchmark("kth").to_dict()
+    with pytest.raises(ValueError, match=r"`benchmark.evaluation`: unknown fields \['pred_frame'\]"):
+        Benchmark.from_dict(dict(data, evaluation=dict(data["evaluation"], pred_frame=3)))
+    with pytest.raises(ValueError, match=r"`benchmark`: missing fields \['architecture'\]"):
+        Benchmark.from_dict({k: v for k, v in data.items() if k != "architecture"})
+    with pytest.raises(TypeError, match=r"`benchmark.denoiser_training` must be a mapping"):
+        Benchmark.from_dict(dict(data, denoiser_training=3))

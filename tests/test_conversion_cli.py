@@ -10,8 +10,8 @@ import yaml
 
 from extdm_diffusers import ExtDMPipeline
 from extdm_diffusers.convert import main as convert_main
+from extdm_diffusers.architectures import ARCHITECTURE_PRESETS
 from extdm_diffusers.conversion import (
-    ARCHITECTURE_PRESETS,
     CheckpointConversionError,
     infer_unet_from_original,
     original_unet_kwargs,
@@ -30,7 +30,7 @@ def test_the_architecture_and_its_arguments_are_inferred_from_the_state_dict(cas
     for key in ("dim", "channels", "attn_heads", "attn_dim_head", "cond_num", "pred_num", "use_deconv"):
         assert kwargs[key] == constructor[key], key
     assert tuple(kwargs["dim_mults"]) == tuple(constructor["dim_mults"])
-    assert tuple(kwargs["window_size"]) == tuple(constructor.get("window_size", expected["defaults"]["window_size"]))
+    assert tuple(kwargs["window_size"]) == tuple(constructor.get("window_size", expected["window_size"]))
 
 
 def _write_case(tmp_path, case="pipeline_traj_ada", config_update=None):

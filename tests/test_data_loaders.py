@@ -17,10 +17,8 @@ from extdm_diffusers.data import (
     FramePairDataset,
     StreamingVideoClipDataset,
     VideoClipDataset,
-    clip_dataset,
     encode_frames,
     evaluation_video_indices,
-    frame_pair_dataset,
     video_features,
 )
 
@@ -95,7 +93,7 @@ def test_ucf_preset_crops_column_10_of_85_and_strides_by_10():
     rows = [{"video": encode_frames(frames if i == 0 else frames[:17]), "num_frames": 20 if i == 0 else 17,
              "id": f"v{i}"} for i in range(25)]
     dataset = datasets.Dataset.from_list(rows, features=video_features())
-    clips = clip_dataset("ucf101", dataset, "test")
+    clips = get_benchmark("ucf101").clip_dataset(dataset, "test")
     assert clips.video_indices[:3] == [0, 0, 0] and len(clips) == 256 and max(clips.video_indices) == 10
     item = clips[0]
     # the paper's 4 -> 12 (the original YAML's 16 is not what the paper reports)
@@ -157,18 +155,19 @@ def test_frame_pairs_respect_the_distance_bounds():
         FramePairDataset(_dataset([5]), min_distance=10)[0]
 
 
-def test_presets_give_the_original_clip_lengths(tmp_path):
+def test_benchmarks_give_the_original_clip_lengths(tmp_path):
     dataset = _dataset([60] * 3)
     dataset.save_to_disk(str(tmp_path / "kth" / "test"))
     (tmp_path / "kth" / "dataset_dict.json").write_text('{"splits": ["test"]}')
-    evaluation = clip_dataset("kth", tmp_path / "kth", "test")
+    kth = get_benchmark("kth")
+    evaluation = kth.clip_dataset(tmp_path / "kth", "test")
     assert len(evaluation) == 256 and evaluation[0]["video"].shape[0] == 10 + 40
-    training = clip_dataset("kth", dataset, "train")
+    training = kth.clip_dataset(dataset, "train")
     assert training[0]["video"].shape[0] == 10 + 20
-    pairs = frame_pair_dataset("bair", dataset)
+    assert kth.clip_dataset(dataset, "train", num_frames=7)[0]["video"].shape[0] == 7  # overrides win
+    pairs = get_benchmark("bair").frame_pairs(dataset)
     assert (pairs.min_distance, pairs.max_distance) == (10, 30)
-    with pytest.raises(KeyError, match="unknown benchmark"):
-        clip_dataset("mnist", dataset, "test")
+    assert pairs.augmentation == get_benchmark("bair").autoencoder_training.augmentation
 
 
 # -------------------------------------------------------------- workers, streaming
@@ -209,14 +208,8 @@ def test_streaming_training_visits_each_video_once_per_worker_pass():
 
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
 def test_docs_quick_start_example_runs(tmp_path, monkeypatch):
-    import importlib.util
-    import sys
+    from extdm_diffusers.data.builders import smmnist
 
-    builders = Path(__file__).resolve().parents[1] / "dataset_builders"
-    sys.path.insert(0, str(builders))
-    spec = importlib.util.spec_from_file_location("builder_smmnist_docs", builders / "smmnist.py")
-    smmnist = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(smmnist)
     monkeypatch.chdir(tmp_path)
     smmnist.main(["--source", "bundled", "--output_dir", "data/smmnist-mini", "--num_train", "16",
                   "--num_test", "4"])

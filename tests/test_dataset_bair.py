@@ -11,7 +11,7 @@ import pytest
 from datasets_helpers import bair_example_bytes, load_builder, serve_directory, tf_example_class
 
 bair = load_builder("bair")
-tfrecord = load_builder("_tfrecord")
+tfrecord = load_builder("tfrecord")
 
 
 def _trajectory(value: int) -> np.ndarray:

@@ -8,9 +8,10 @@ import json
 import datasets
 import pytest
 
-from datasets_helpers import load_builder, serve_directory
+from datasets_helpers import serve_directory
 
-common = load_builder("_common")
+from extdm_diffusers.data.builders import BuildError, raw_files
+from extdm_diffusers.data.builders import splits as split_writing
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def test_download_verifies_md5_and_renames_atomically(tmp_path):
     (tmp_path / "srv" / "file.bin").write_bytes(payload)
     destination = tmp_path / "out" / "file.bin"
     with serve_directory(tmp_path / "srv") as (url, _):
-        common.download_file(url + "file.bin", destination, md5=hashlib.md5(payload).hexdigest())
+        raw_files.download_file(url + "file.bin", destination, md5=hashlib.md5(payload).hexdigest())
     assert destination.read_bytes() == payload
     assert not destination.with_name("file.bin.part").exists()
 
@@ -37,7 +38,7 @@ def test_download_resumes_a_partial_file_with_a_range_request(tmp_path):
     destination = tmp_path / "file.bin"
     destination.with_name("file.bin.part").write_bytes(payload[:3000])
     with serve_directory(tmp_path / "srv") as (url, seen):
-        common.download_file(url + "file.bin", destination, sha256=hashlib.sha256(payload).hexdigest())
+        raw_files.download_file(url + "file.bin", destination, sha256=hashlib.sha256(payload).hexdigest())
     assert seen == [("/file.bin", "bytes=3000-")]
     assert destination.read_bytes() == payload
 
@@ -49,7 +50,7 @@ def test_download_restarts_when_the_server_ignores_range(tmp_path):
     destination = tmp_path / "file.bin"
     destination.with_name("file.bin.part").write_bytes(b"garbage")
     with serve_directory(tmp_path / "srv", supports_range=False) as (url, _):
-        common.download_file(url + "file.bin", destination, md5=hashlib.md5(payload).hexdigest())
+        raw_files.download_file(url + "file.bin", destination, md5=hashlib.md5(payload).hexdigest())
     assert destination.read_bytes() == payload
 
 
@@ -58,16 +59,16 @@ def test_download_rejects_a_checksum_mismatch_and_drops_the_partial(tmp_path):
     (tmp_path / "srv" / "file.bin").write_bytes(b"tampered")
     destination = tmp_path / "file.bin"
     with serve_directory(tmp_path / "srv") as (url, _):
-        with pytest.raises(common.BuildError, match="corrupt.*md5"):
-            common.download_file(url + "file.bin", destination, md5="0" * 32)
+        with pytest.raises(BuildError, match="corrupt.*md5"):
+            raw_files.download_file(url + "file.bin", destination, md5="0" * 32)
     assert not destination.exists() and not destination.with_name("file.bin.part").exists()
 
 
 def test_download_reports_http_errors_with_the_url(tmp_path):
     (tmp_path / "srv").mkdir()
     with serve_directory(tmp_path / "srv") as (url, _):
-        with pytest.raises(common.BuildError, match=r"missing\.bin failed: HTTP 404"):
-            common.download_file(url + "missing.bin", tmp_path / "missing.bin")
+        with pytest.raises(BuildError, match=r"missing\.bin failed: HTTP 404"):
+            raw_files.download_file(url + "missing.bin", tmp_path / "missing.bin")
 
 
 def _rows(count: int, start: int = 0):
@@ -78,16 +79,16 @@ def _rows(count: int, start: int = 0):
 def test_write_splits_skips_finished_splits_and_refuses_changed_settings(tmp_path):
     features = datasets.Features({"x": datasets.Value("int32")})
     out = tmp_path / "out"
-    built = common.write_splits(out, {"train": (_rows, {"count": 3}), "test": (_rows, {"count": 2})}, features)
+    built = split_writing.write_splits(out, {"train": (_rows, {"count": 3}), "test": (_rows, {"count": 2})}, features)
     assert {k: len(v) for k, v in built.items()} == {"train": 3, "test": 2}
     assert json.loads((out / "dataset_dict.json").read_text()) == {"splits": ["train", "test"]}
     mtime = (out / "train" / "state.json").stat().st_mtime_ns
-    again = common.write_splits(out, {"train": (_rows, {"count": 3}), "test": (_rows, {"count": 2})}, features)
+    again = split_writing.write_splits(out, {"train": (_rows, {"count": 3}), "test": (_rows, {"count": 2})}, features)
     assert (out / "train" / "state.json").stat().st_mtime_ns == mtime  # skipped, not rewritten
     assert again["train"]["x"] == [0, 1, 2]  # no duplicated rows
-    with pytest.raises(common.BuildError, match="other settings.*--overwrite"):
-        common.write_splits(out, {"train": (_rows, {"count": 5}), "test": (_rows, {"count": 2})}, features)
-    rebuilt = common.write_splits(out, {"train": (_rows, {"count": 5}), "test": (_rows, {"count": 2})}, features,
+    with pytest.raises(BuildError, match="other settings.*--overwrite"):
+        split_writing.write_splits(out, {"train": (_rows, {"count": 5}), "test": (_rows, {"count": 2})}, features)
+    rebuilt = split_writing.write_splits(out, {"train": (_rows, {"count": 5}), "test": (_rows, {"count": 2})}, features,
                                   overwrite=True)
     assert rebuilt["train"]["x"] == [0, 1, 2, 3, 4]
     assert not list(out.glob(".*"))  # no staging/cache leftovers
@@ -95,11 +96,11 @@ def test_write_splits_skips_finished_splits_and_refuses_changed_settings(tmp_pat
 
 def _failing_rows():
     yield {"x": 1}
-    raise common.BuildError("raw file broken.avi is corrupt")
+    raise BuildError("raw file broken.avi is corrupt")
 
 
 def test_a_failing_split_leaves_no_partial_split_behind(tmp_path):
     features = datasets.Features({"x": datasets.Value("int32")})
-    with pytest.raises(common.BuildError, match="broken.avi is corrupt"):
-        common.write_splits(tmp_path, {"train": (_failing_rows, {})}, features)
+    with pytest.raises(BuildError, match="broken.avi is corrupt"):
+        split_writing.write_splits(tmp_path, {"train": (_failing_rows, {})}, features)
     assert not (tmp_path / "train").exists()

@@ -153,3 +153,26 @@ def test_cli_quickstart_runs_offline_and_reports_bad_arguments(tmp_path):
                              str(out)], cwd=REPO, capture_output=True, text=True)
     assert failed.returncode == 2 and "error: --source mnist needs --raw_dir" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_extdm_build_dataset_runs_the_named_builder_with_its_flags(tmp_path, capsys):
+    from extdm_diffusers.data.builders import BUILDERS
+    from extdm_diffusers.data.builders.cli import main as build_dataset
+
+    assert sorted(BUILDERS) == ["bair", "cityscapes", "kth", "smmnist", "ucf101"]
+    out = tmp_path / "mini"
+    assert build_dataset(["smmnist", "--source", "bundled", "--output_dir", str(out), "--num_train", "3",
+                          "--num_test", "2", "--num_frames", "4"]) == 0
+    dataset = datasets.load_from_disk(str(out))
+    assert (len(dataset["train"]), len(dataset["test"]), dataset["test"][0]["num_frames"]) == (3, 2, 4)
+    # the same rows as the builder module's own main (seeded)
+    direct = smmnist.main(["--source", "bundled", "--output_dir", str(tmp_path / "direct"), "--num_train", "3",
+                           "--num_test", "2", "--num_frames", "4"])
+    assert _raw_rows(out, "test")["video"] == direct["test"].cast_column(
+        "video", datasets.Sequence(datasets.Image(decode=False)))["video"]
+    capsys.readouterr()
+    assert build_dataset(["smmnist", "--source", "mnist", "--output_dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --source mnist needs --raw_dir (with --download to fetch MNIST there)"
+    with pytest.raises(SystemExit) as exit_info:
+        build_dataset(["mnist", "--output_dir", str(out)])
+    assert exit_info.value.code == 2 and "invalid choice: 'mnist'" in capsys.readouterr().err

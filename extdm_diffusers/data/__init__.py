@@ -1,8 +1,9 @@
-"""Video datasets for ExtDM: the shared 🤗 datasets schema and the clip loaders that training and evaluation use."""
+"""Video datasets for ExtDM: the shared 🤗 datasets schema, the clip loaders that training and evaluation use
+(a benchmark's own clips: ``get_benchmark(name).clip_dataset(...)`` / ``.frame_pairs(...)``) and, in
+``builders``, the dataset builders behind ``extdm-build-dataset``."""
 
-from .clips import FramePairDataset, StreamingVideoClipDataset, VideoClipDataset, load_video_dataset
-from .presets import clip_dataset, frame_pair_dataset
-from .sampling import ClipAugmentation, evaluation_video_indices
+from .augmentation import ClipAugmentation
+from .clips import FramePairDataset, StreamingVideoClipDataset, VideoClipDataset, evaluation_video_indices, load_video_dataset
 from .video_schema import decode_frames, encode_frames, video_features
 
 __all__ = [
@@ -10,11 +11,9 @@ __all__ = [
     "FramePairDataset",
     "StreamingVideoClipDataset",
     "VideoClipDataset",
-    "clip_dataset",
     "decode_frames",
     "encode_frames",
     "evaluation_video_indices",
-    "frame_pair_dataset",
     "load_video_dataset",
     "video_features",
 ]

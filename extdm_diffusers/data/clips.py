@@ -1,8 +1,8 @@
-"""PyTorch datasets of clips over the 🤗 datasets written by ``dataset_builders/``.
+"""PyTorch datasets of clips over the 🤗 datasets that the dataset builders write (``extdm-build-dataset``).
 
 * ``VideoClipDataset``  -- map-style, ``cond + pred`` frames per item: random start
   (and optional augmentation) for training, the original's deterministic clips for
-  evaluation (see ``sampling.py``).
+  evaluation (see ``evaluation_video_indices``).
 * ``FramePairDataset``  -- two frames of one video at a bounded distance, with the
   original's augmentations: what the flow autoencoder trains on.
 * ``StreamingVideoClipDataset`` -- iterable version of ``VideoClipDataset`` over a
@@ -16,18 +16,16 @@ and all randomness comes from torch's RNG, which PyTorch seeds per worker.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Iterator
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .sampling import ClipAugmentation, evaluation_video_indices
-from .video_schema import ID_COLUMN, NUM_FRAMES_COLUMN, VIDEO_COLUMN, decode_frame, without_frame_decoding
+from .augmentation import ClipAugmentation
+from .video_schema import ID_COLUMN, NUM_FRAMES_COLUMN, VIDEO_COLUMN, decode_frame, decode_frames, without_frame_decoding
 
 
 def load_video_dataset(
@@ -44,6 +42,32 @@ def load_video_dataset(
             return loaded[split]
         return loaded
     return datasets.load_dataset(str(path_or_repo), split=split, streaming=streaming, **load_kwargs)
+
+
+def evaluation_video_indices(num_available: int, num_videos: int | None = None, stride: int = 1) -> list[int]:
+    """Row indices of the videos behind evaluation clips ``0 .. num_videos - 1``, as the original ExtDM
+    evaluation picks them (``data/video_dataset.py`` + ``scripts/DM/valid.py``).
+
+    ``num_available`` videos are in the split; every ``stride``-th one is a candidate (``M = num_available //
+    stride``; UCF-101: every 10th test video). Clip ``i`` comes from candidate ``round(i / (num_videos - 1) *
+    (M - 1))``: "sample to 256" spreads the clips evenly over the split, repeating videos when the split is
+    smaller (KTH: 120 videos) and skipping some when it is larger (Cityscapes: 1,525); Python's ``round`` (ties
+    to even) as in the original. ``num_videos=None`` takes each candidate once. Clips start at frame 0.
+    """
+    if num_available <= 0:
+        raise ValueError(f"num_available must be positive, got {num_available}")
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    num_candidates = num_available // stride
+    if num_candidates == 0:
+        raise ValueError(f"no candidate videos: {num_available} videos with stride {stride}")
+    if num_videos is None:
+        return [k * stride for k in range(num_candidates)]
+    if num_videos <= 0:
+        raise ValueError(f"num_videos must be positive, got {num_videos}")
+    if num_videos == 1:  # the original divides by zero here
+        return [0]
+    return [round(i / (num_videos - 1) * (num_candidates - 1)) * stride for i in range(num_videos)]
 
 
 def _frames_to_clip(frames: np.ndarray, rgb: bool) -> torch.Tensor:
@@ -106,10 +130,6 @@ class _ClipReader:
         if self.augmentation is not None:
             clip = self.augmentation(clip)
         return clip
-
-
-def _decode_png_list(encoded: list[Any], indices: range) -> np.ndarray:
-    return np.stack([decode_frame(encoded[i]) for i in indices])
 
 
 class VideoClipDataset(Dataset):
@@ -185,7 +205,7 @@ class VideoClipDataset(Dataset):
         start = self.reader.pick_start(total, video_id)
         png_bytes = row.column(VIDEO_COLUMN)[0].values.field("bytes")
         frames = np.stack(
-            [_open_png(png_bytes[i].as_py()) for i in range(start, start + self.reader.num_frames)]
+            [decode_frame(png_bytes[i].as_py()) for i in range(start, start + self.reader.num_frames)]
         )
         return {
             "video": self.reader.finish(frames),
@@ -193,11 +213,6 @@ class VideoClipDataset(Dataset):
             "start_frame": start,
             "id": video_id,
         }
-
-
-def _open_png(data: bytes) -> np.ndarray:
-    array = np.asarray(Image.open(io.BytesIO(data)))
-    return array[..., None] if array.ndim == 2 else array
 
 
 class FramePairDataset(Dataset):
@@ -245,7 +260,7 @@ class FramePairDataset(Dataset):
         else:
             raise RuntimeError(f"no frame pair of {video_id!r} within distance bounds after {self.max_draws} draws")
         png_bytes = row.column(VIDEO_COLUMN)[0].values.field("bytes")
-        frames = np.stack([_open_png(png_bytes[i].as_py()) for i in (first, second)])
+        frames = np.stack([decode_frame(png_bytes[i].as_py()) for i in (first, second)])
         pair = self.clips.reader.finish(frames)
         if self.augmentation is not None:
             pair = self.augmentation(pair)
@@ -307,7 +322,7 @@ class StreamingVideoClipDataset(IterableDataset):
     def _clip(self, example: dict[str, Any], video_index: int) -> dict[str, Any]:
         total = int(example[NUM_FRAMES_COLUMN])
         start = self.reader.pick_start(total, example[ID_COLUMN])
-        frames = _decode_png_list(example[VIDEO_COLUMN], range(start, start + self.reader.num_frames))
+        frames = decode_frames(example[VIDEO_COLUMN], range(start, start + self.reader.num_frames))
         return {"video": self.reader.finish(frames), "video_index": video_index, "start_frame": start,
                 "id": example[ID_COLUMN]}
 

@@ -61,9 +61,12 @@ def encode_frames(frames: np.ndarray | Sequence[np.ndarray]) -> list[dict[str, A
 
 
 def decode_frame(encoded: Any) -> np.ndarray:
-    """One frame of the ``video`` column as H x W x C uint8, whatever form ``datasets`` handed it in."""
+    """One frame of the ``video`` column as H x W x C uint8, whatever form ``datasets`` handed it in (an image,
+    a ``{"bytes", "path"}`` dict, or the PNG bytes that the clip datasets read from Arrow)."""
     if isinstance(encoded, Image.Image):
         image = encoded
+    elif isinstance(encoded, (bytes, bytearray, memoryview)):
+        image = Image.open(io.BytesIO(encoded))
     elif isinstance(encoded, Mapping):
         if encoded.get("bytes") is not None:
             image = Image.open(io.BytesIO(encoded["bytes"]))

@@ -8,6 +8,7 @@ all frames of a clip in one batched call, ``decode`` turns motion back into fram
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -25,7 +26,8 @@ from .region_predictor import RegionParams, RegionPredictor
 
 logger = logging.get_logger(__name__)
 
-# The original SMMNIST/BAIR/KTH configuration (config/AE/*.yaml, flow_params.model_params).
+# The original SMMNIST/BAIR configuration (config/AE/*.yaml, flow_params.model_params); the benchmark registry
+# reads it through `FlowAutoencoder.complete_config`.
 DEFAULT_BG_PREDICTOR_PARAMS = {"block_expansion": 32, "max_features": 1024, "num_blocks": 5, "bg_type": "affine"}
 DEFAULT_REGION_PREDICTOR_PARAMS = {
     "temperature": 0.1,
@@ -142,6 +144,19 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         self.motion_scale_factor = float(flow_params.get("scale_factor", 1.0))
         self.feature_scale_factor = 1.0 / 2 ** generator_params["num_down_blocks"]
 
+    @classmethod
+    def complete_config(cls, **overrides: Any) -> Dict[str, Any]:
+        """Every constructor argument but ``sample_size``, the defaults with ``overrides`` deep-merged over them:
+        the original YAML's complete ``flow_params.model_params``."""
+        parameters = inspect.signature(cls.__init__).parameters
+        config = {name: p.default for name, p in parameters.items() if name not in ("self", "sample_size")}
+        config.update(bg_predictor_params=DEFAULT_BG_PREDICTOR_PARAMS, region_predictor_params=DEFAULT_REGION_PREDICTOR_PARAMS,
+                      generator_params=DEFAULT_GENERATOR_PARAMS)
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise TypeError(f"unknown FlowAutoencoder arguments {unknown}")
+        return deep_merge(config, overrides)
+
     @property
     def feature_channels(self) -> int:
         """Channels of the bottleneck features (``features`` of ``encode``)."""
@@ -178,7 +193,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         driving_regions = self.region_predictor(driving)
         background = self.bg_predictor(source, driving)
         motion = self.pixelwise_flow_predictor(source, driving_regions, source_regions, background)
-        flow_grid, occlusion = motion["optical_flow"], motion.get("occlusion_map")
+        flow_grid, occlusion = motion.optical_flow, motion.occlusion_map
         source_features = self.generator.encode(source)
         prediction, deformed = self.generator.decode(source, source_features, flow_grid, occlusion)
         output = FlowAutoencoderOutput(
@@ -208,8 +223,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         driving_regions = self.region_predictor(flat)
         background = self.bg_predictor(reference.repeat_interleave(t, dim=0), flat)
         motion = self.pixelwise_flow_predictor(reference, driving_regions, source_regions, background, source_repeats=t)
-        flow = motion["optical_flow"].permute(0, 3, 1, 2)
-        occlusion = motion.get("occlusion_map")
+        flow = motion.optical_flow.permute(0, 3, 1, 2)
+        occlusion = motion.occlusion_map
         features = self.generator.encode(flat)[-1]
         output = FlowAutoencoderEncoderOutput(
             optical_flow=flow.reshape(b, t, *flow.shape[1:]),

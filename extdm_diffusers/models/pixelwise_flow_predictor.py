@@ -6,14 +6,25 @@ differences and the warped sources predicts per-pixel softmax weights to mix the
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from .autoencoder_blocks import AntiAliasDownsample2d, Hourglass, from_homogeneous, inverse_2x2, make_coordinate_grid, region_to_gaussian, to_homogeneous
 from .region_predictor import RegionParams
+
+
+@dataclass
+class PixelwiseFlowPredictorOutput(BaseOutput):
+    """optical_flow: (B, h, w, 2) sampling grid (x, y in [-1, 1]). occlusion_map: (B, 1, h, w) in [0, 1], or
+    None when the predictor estimates none."""
+
+    optical_flow: torch.Tensor = None
+    occlusion_map: Optional[torch.Tensor] = None
 
 
 class PixelwiseFlowPredictor(nn.Module):
@@ -82,8 +93,8 @@ class PixelwiseFlowPredictor(nn.Module):
         source: RegionParams,
         background: Optional[torch.Tensor] = None,
         source_repeats: int = 1,
-    ) -> Dict[str, torch.Tensor]:
-        """``optical_flow`` (B, h, w, 2) sampling grid and, if estimated, ``occlusion_map`` (B, 1, h, w).
+    ) -> PixelwiseFlowPredictorOutput:
+        """The dense motion: ``optical_flow`` and, if estimated, ``occlusion_map``.
 
         ``source_repeats``: each source image serves that many consecutive driving frames (it is downscaled
         once, then repeated), and ``source`` region params are given per driving frame.
@@ -103,7 +114,5 @@ class PixelwiseFlowPredictor(nn.Module):
             predictor_input = heatmap
         prediction = self.hourglass(predictor_input.view(b, -1, h, w))
         mask = F.softmax(self.mask(prediction), dim=1).unsqueeze(-1)  # (b, k+1, h, w, 1)
-        out = {"optical_flow": (motions * mask).sum(dim=1)}
-        if self.occlusion is not None:
-            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
-        return out
+        occlusion = None if self.occlusion is None else torch.sigmoid(self.occlusion(prediction))
+        return PixelwiseFlowPredictorOutput(optical_flow=(motions * mask).sum(dim=1), occlusion_map=occlusion)

@@ -1,15 +1,4 @@
-"""Which videos and frames the original ExtDM evaluation uses, and the train-time augmentations.
-
-Evaluation clip selection (``data/video_dataset.py`` + ``scripts/DM/valid.py`` of the original):
-
-* ``total_videos`` (256 in every config) clips are taken; clip ``i`` comes from video
-  ``round(i / (total_videos - 1) * (M - 1))`` where ``M`` is the number of candidate
-  videos: "sample to 256" spreads 256 clips evenly over the split, repeating videos
-  when the split is smaller (KTH: 120 videos) and skipping some when it is larger
-  (Cityscapes: 1,525). Python's ``round`` (ties to even) as in the original.
-* UCF-101 candidates are every 10th test video (``M = num_test // 10``, video ``10 * k``).
-* Clips start at frame 0 (``random_time=False``).
-"""
+"""The train-time augmentations of the original ExtDM loaders: random time flip, horizontal flip, color jitter."""
 
 from __future__ import annotations
 
@@ -17,29 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-
-
-def evaluation_video_indices(num_available: int, num_videos: int | None = None, stride: int = 1) -> list[int]:
-    """Row indices of the videos behind evaluation clips ``0 .. num_videos - 1``.
-
-    ``num_available`` videos are in the split; every ``stride``-th one is a
-    candidate (``M = num_available // stride``). ``num_videos=None`` takes each
-    candidate once.
-    """
-    if num_available <= 0:
-        raise ValueError(f"num_available must be positive, got {num_available}")
-    if stride <= 0:
-        raise ValueError(f"stride must be positive, got {stride}")
-    num_candidates = num_available // stride
-    if num_candidates == 0:
-        raise ValueError(f"no candidate videos: {num_available} videos with stride {stride}")
-    if num_videos is None:
-        return [k * stride for k in range(num_candidates)]
-    if num_videos <= 0:
-        raise ValueError(f"num_videos must be positive, got {num_videos}")
-    if num_videos == 1:  # the original divides by zero here
-        return [0]
-    return [round(i / (num_videos - 1) * (num_candidates - 1)) * stride for i in range(num_videos)]
 
 
 @dataclass(frozen=True)
