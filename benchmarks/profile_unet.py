@@ -61,8 +61,16 @@ def inputs(model, batch: int = 2, seed: int = 1):
     )
 
 
+def prepare(model, x):
+    """What the pipeline prepares once per window; a ``--baseline`` checkout from before ``prepare_condition``
+    prepared the feature condition only."""
+    if hasattr(model, "prepare_condition"):
+        return {"condition": model.prepare_condition(x["cond_motion"], x["cond_features"])}
+    return {"precomputed_features": model.prepare_features(x["cond_features"], x["sample"].shape[-2:])}
+
+
 def call(model, x, prepared):
-    return model(**x, precomputed_features=prepared).sample
+    return model(**x, **prepared).sample
 
 
 def load_baseline(path: str):
@@ -193,13 +201,13 @@ def main() -> None:
     dtype = getattr(torch, a.dtype)
     model = build(extdm_diffusers, a.variant, a.dim).to(dtype)
     x = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs(model).items()}
-    prepared = model.prepare_features(x["cond_features"], (32, 32))
+    prepared = prepare(model, x)
     contenders = {"this": (model, prepared)}
     if a.baseline:
         base_pkg = load_baseline(a.baseline)
         base = build(base_pkg, a.variant, a.dim).to(dtype)
         base.load_state_dict(model.state_dict())
-        contenders["baseline"] = (base, base.prepare_features(x["cond_features"], (32, 32)))
+        contenders["baseline"] = (base, prepare(base, x))
     if a.compile:
         contenders["compiled"] = (torch.compile(model), prepared)
     outs = {name: call(m, x, p) for name, (m, p) in contenders.items()}  # warm-up

@@ -1,6 +1,7 @@
 """ExtDM (CVPR 2024) video prediction for Hugging Face diffusers."""
 
 from .models import (
+    ExtDMUNet3DCondition,
     ExtDMUNet3DModel,
     ExtDMUNet3DOutput,
     FlowAutoencoder,
@@ -20,6 +21,7 @@ __all__ = [
     "ExtDMDDIMScheduler",
     "ExtDMDDIMSchedulerOutput",
     "ExtDMUNet3DModel",
+    "ExtDMUNet3DCondition",
     "ExtDMUNet3DOutput",
     "FlowAutoencoder",
     "FlowAutoencoderOutput",

@@ -85,8 +85,31 @@ def test_unet_bfloat16_autocast_training_step():
     timesteps = torch.randint(0, 1000, (2,), device="cuda")
     noise = torch.randn_like(target)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = denoising_loss(unet, scheduler, target, cond_motion, features, timesteps, noise=noise)
+        loss = denoising_loss(unet, scheduler, target, cond_motion, features, timesteps, noise=noise).loss
     loss.backward()
     grads = [p.grad for p in unet.parameters() if p.requires_grad]
     assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(p.dtype == torch.float32 for p in unet.parameters())
+
+
+def test_denoising_steps_wait_for_the_device_at_no_step(reference_pipeline_factory):
+    """The host waits for the GPU a fixed number of times per window (the condition, the finiteness check, the
+    scheduler reading its first timestep), never per denoising step: 2 and 6 steps per window sync alike."""
+    import warnings
+
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    pipe.to("cuda")
+    video = conditioning_video(t).cuda()
+    noise = torch.randn(1, 3, 10, 16, 16, generator=torch.Generator().manual_seed(0)).cuda()
+    pipe(video, num_frames=10, num_inference_steps=2, eta=0.0, latents=noise, output_type="pt")  # warm-up
+    syncs = {}
+    for steps in (2, 6):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                pipe(video, num_frames=10, num_inference_steps=steps, eta=0.0, latents=noise, output_type="pt")
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs[steps] = sum("synchroniz" in str(w.message) for w in caught)
+    assert syncs[6] == syncs[2], syncs

@@ -151,8 +151,8 @@ def test_without_occlusion_the_condition_is_zero_and_frames_are_plain_warps(traj
 
 # ------------------------------------------------------------------------------------------ offload
 def test_model_cpu_offload_moves_each_model_before_it_computes(reference_pipeline_factory):
-    """Record the offload hooks' moves and the models' first computations: the U-Net's feature path
-    (``prepare_features``) must not run before its hook moved the U-Net to the execution device."""
+    """Record the offload hooks' moves and the models' first computations: the U-Net's once-per-window step
+    (``prepare_condition``) must not run before its hook moved the U-Net to the execution device."""
     _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
     events = []
     pipe.enable_model_cpu_offload(device="cpu")

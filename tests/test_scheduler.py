@@ -103,3 +103,30 @@ def test_v_prediction_survives_stock_schedulers_and_reload(tmp_path):
     assert DDIMScheduler.from_config(scheduler.config).config.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="`prediction_type` must be one of"):
         ExtDMDDIMScheduler(prediction_type="sample")
+
+
+def test_stock_schedulers_take_every_extdm_field():
+    """Every field of a freshly built scheduler is ExtDM's: another scheduler's from_config takes them all, none
+    replaced by its own defaults (diffusers' `_use_default_values`)."""
+    scheduler = ExtDMDDIMScheduler()
+    assert "_use_default_values" not in scheduler.config
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    assert (ddim.config.beta_schedule, ddim.config.thresholding, ddim.config.clip_sample) == ("squaredcos_cap_v2", True, False)
+    assert ddim.config.sample_max_value == scheduler.config.sample_max_value
+
+
+def test_stepping_through_the_grid_by_tensor_or_number_agrees():
+    """The pipeline passes the grid's tensors; by value (numbers) gives the same chain, and the scheduler keeps
+    its tables where the samples are."""
+    chains = []
+    for as_number in (False, True):
+        scheduler = ExtDMDDIMScheduler()
+        scheduler.set_timesteps(10, device="cpu")
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randn(2, 3, 2, 4, 4, generator=generator)
+        for t in scheduler.timesteps:
+            eps = torch.randn(sample.shape, generator=generator)
+            sample = scheduler.step(eps, int(t) if as_number else t, sample, eta=1.0, generator=generator).prev_sample
+        assert scheduler.step_index == len(scheduler.timesteps)
+        chains.append(sample)
+    assert torch.equal(chains[0], chains[1])

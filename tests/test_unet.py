@@ -137,17 +137,21 @@ def test_conversion_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_precomputed_features_give_the_same_noise(case):
-    """The pipeline prepares the feature condition once per window instead of once per denoising step."""
+def test_prepared_condition_gives_the_same_noise(case):
+    """The pipeline prepares what depends on the condition alone once per window (``prepare_condition``) instead
+    of at every denoising step: the same noise, bit for bit, at any sample and timestep."""
     _, t, _, model = build(case)
     with torch.no_grad():
-        prepared = model.prepare_features(t["inputs.cond_fea"], t["inputs.x"].shape[-2:])
-        direct = call(model, t).sample
-        cached = call(model, t, precomputed_features=prepared).sample
-    if model.config.condition_feature_mode == "trajectory_attention":
-        assert prepared is None  # depends on the noisy motion: nothing to precompute
-    else:
-        assert prepared.shape == (2, model.config.cond_feature_channels, t["inputs.cond_fea"].shape[2], 16, 16)
-        with pytest.raises(ValueError, match="`precomputed_features` must have shape"):
-            call(model, t, precomputed_features=prepared[:, :, :2])
-    torch.testing.assert_close(cached, direct, rtol=0, atol=0)
+        condition = model.prepare_condition(t["inputs.cond_frames"], t["inputs.cond_fea"])
+        for sample, timestep in ((t["inputs.x"], t["inputs.timestep"]), (t["inputs.x"] * 0.5, 300)):
+            direct = call(model, t, sample=sample, timestep=timestep).sample
+            prepared = call(model, t, sample=sample, timestep=timestep, condition=condition).sample
+            torch.testing.assert_close(prepared, direct, rtol=0, atol=0)
+        frames = model.num_observed if model.config.condition_feature_mode == "trajectory_attention" else model.num_feature_frames
+        assert condition.conv_in_term.shape == (2, model.config.init_channels, frames, 16, 16)
+        assert len(condition.window_attention_bias) == 2 * len(model.down_blocks) + 1
+        other = model.prepare_condition(t["inputs.cond_frames"][:1], t["inputs.cond_fea"][:1])
+        with pytest.raises(ValueError, match="`condition` was prepared for other inputs"):
+            call(model, t, condition=other)
+        with pytest.raises(ValueError, match="`cond_features` must have shape"):
+            model.prepare_condition(t["inputs.cond_frames"], t["inputs.cond_fea"][:, :, :2])

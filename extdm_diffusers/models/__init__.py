@@ -5,7 +5,7 @@ from .flow_autoencoder import (
     FlowAutoencoderOutput,
 )
 from .region_predictor import RegionParams
-from .unet_3d_extdm import ExtDMUNet3DModel, ExtDMUNet3DOutput
+from .unet_3d_extdm import ExtDMUNet3DCondition, ExtDMUNet3DModel, ExtDMUNet3DOutput
 
 __all__ = [
     "FlowAutoencoder",
@@ -15,4 +15,5 @@ __all__ = [
     "RegionParams",
     "ExtDMUNet3DModel",
     "ExtDMUNet3DOutput",
+    "ExtDMUNet3DCondition",
 ]

@@ -12,6 +12,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .unet_blocks import ChannelLayerNorm, conv_frames
@@ -47,8 +48,8 @@ class DistributionExtrapolator(nn.Module):
         num_observed = observed.shape[2]
         x = observed + conv_frames(self.predictor, self.predictor_norm(observed))
         for conv in self.extrapolators:
-            # per (sample, channel), unbiased as the original; two passes of plain reductions, which on the CPU
-            # are 8x faster than torch.var_mean over these axes
+            # per (sample, channel), unbiased as the original; two passes of plain reductions, which the CPU
+            # runs far faster than torch.var_mean over these axes (docs/performance.md)
             mean = x.mean(dim=(2, 3, 4), keepdim=True)
             centered = x - mean
             var = centered.square().sum(dim=(2, 3, 4), keepdim=True) / (x.shape[2:].numel() - 1)
@@ -84,10 +85,8 @@ class DistributionAdaptor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         observed, future = x[:, :, : self.num_observed], x[:, :, self.num_observed :]
         extrapolated = self.extrapolator(observed)
-        b, c, t, h, w = extrapolated.shape
-        # time-major channel stacking, (T C), as the original's rearrange
-        modulated = self.temporal_modulator(extrapolated.transpose(1, 2).reshape(b, t * c, h, w))
-        modulated = modulated.view(b, self.num_future, c, h, w).transpose(1, 2)
+        modulated = self.temporal_modulator(rearrange(extrapolated, "b c t h w -> b (t c) h w"))
+        modulated = rearrange(modulated, "b (t c) h w -> b c t h w", t=self.num_future)
         fused = torch.cat([modulated, future], dim=1)
         future = conv_frames(self.fuser, self.fuser_norm(fused)) + future
         return torch.cat([observed, future], dim=2)

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
@@ -25,15 +26,13 @@ def fit_window(size: Size3, window: Size3, shift: Size3) -> Tuple[Size3, Size3]:
 
 def partition_windows(x: torch.Tensor, window: Size3) -> torch.Tensor:
     """(B, D, H, W, C) -> (B * num_windows, window volume, C)."""
-    b, d, h, w, c = x.shape
-    x = x.view(b, d // window[0], window[0], h // window[1], window[1], w // window[2], window[2], c)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window[0] * window[1] * window[2], c)
+    return rearrange(x, "b (d wd) (h wh) (w ww) c -> (b d h w) (wd wh ww) c", wd=window[0], wh=window[1], ww=window[2])
 
 
 def merge_windows(windows: torch.Tensor, window: Size3, b: int, d: int, h: int, w: int) -> torch.Tensor:
     """Inverse of ``partition_windows``."""
-    x = windows.view(b, d // window[0], h // window[1], w // window[2], window[0], window[1], window[2], -1)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, -1)
+    return rearrange(windows, "(b d h w) (wd wh ww) c -> b (d wd) (h wh) (w ww) c", b=b, d=d // window[0],
+                     h=h // window[1], w=w // window[2], wd=window[0], wh=window[1], ww=window[2])
 
 
 @lru_cache(maxsize=64)
@@ -107,44 +106,32 @@ class SpaceTimeWindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
         self.rotary_emb = rotary_emb
         self.chunk_tokens = "auto"  # tokens attended per chunk; see `ExtDMUNet3DModel.set_attention_chunking`
-        self._bias_cache = {}
 
-    def _apply(self, *args, **kwargs):
-        self._bias_cache.clear()  # .to() / .half() / load may replace the table's storage
-        return super()._apply(*args, **kwargs)
+    def _geometry(self, size: Size3):
+        """Window, shift, padded size and shift-mask key for inputs of (d, h, w) ``size``."""
+        window, shift = fit_window(size, self.window_size, self.shift_size)
+        padded = tuple(s + (ws - s % ws) % ws for s, ws in zip(size, window))
+        shifted = any(s > 0 for s in shift)
+        return window, shift if shifted else (0, 0, 0), padded, (*padded, window, shift) if shifted else None
 
-    def _attention_bias(self, n: int, batch: int, num_windows: int, mask_key, device, dtype) -> torch.Tensor:
-        """Relative position bias plus (for shifted windows) the shift mask, as SDPA's additive ``attn_mask``:
-        (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It does not change across denoising steps, so
-        it is cached per shape, device and dtype (and the bias table's version); not while the table trains."""
-        table = self.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not table.is_inference()
-        key = (n, batch, num_windows, mask_key, device, dtype)
-        version = (table._version, table.data_ptr())
-        if cacheable:
-            hit = self._bias_cache.get(key)
-            if hit is not None and hit[0] == version:
-                return hit[1]
+    def attention_bias(self, size: Size3, batch: int, device, dtype) -> torch.Tensor:
+        """Relative position bias plus (for shifted windows) the shift mask, as SDPA's additive ``attn_mask`` for
+        ``batch`` inputs of (d, h, w) ``size``: (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It
+        does not change across denoising steps: ``ExtDMUNet3DModel.prepare_condition`` builds it once per window."""
+        window, _, padded, mask_key = self._geometry(tuple(size))
+        n = window[0] * window[1] * window[2]
         # The original slices the full window's index table even for smaller (clipped) windows; so do we.
         index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = table[index].view(n, n, self.heads).permute(2, 0, 1)  # (heads, N, N)
+        bias = self.relative_position_bias_table[index].view(n, n, self.heads).permute(2, 0, 1)  # (heads, N, N)
         if mask_key is None:
-            bias = bias.unsqueeze(0).to(dtype)
-        else:
-            mask = _shifted_window_mask(*mask_key, device)  # (nW, N, N)
-            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(dtype).repeat(batch, 1, 1, 1)
-        if cacheable:
-            if len(self._bias_cache) > 8:
-                self._bias_cache.clear()
-            self._bias_cache[key] = (version, bias)
-        return bias
+            return bias.unsqueeze(0).to(dtype)
+        mask = _shifted_window_mask(*mask_key, torch.device(device))  # (nW, N, N)
+        return (bias.unsqueeze(0) + mask.unsqueeze(1)).to(dtype).repeat(batch, 1, 1, 1)
 
-    def _attend(self, windows: torch.Tensor, batch: int, mask_key) -> torch.Tensor:
+    def _attend(self, windows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``). q, k and
-        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass.
-        The bias is looked up (or, while training, built) once for all chunks."""
+        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass."""
         bw, n, _ = windows.shape
-        bias = self._attention_bias(n, batch, bw // batch, mask_key, windows.device, windows.dtype)
 
         def attend(start: int, stop: int) -> torch.Tensor:
             qkv = self.to_qkv(windows[start:stop]).view(stop - start, n, 3, self.heads, self.head_dim)
@@ -159,20 +146,20 @@ class SpaceTimeWindowAttention(nn.Module):
 
         return in_chunks(attend, bw, attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bias``: ``attention_bias`` for this input, built once per window; ``None`` builds it here."""
         b, c, d, h, w = x.shape
-        window, shift = fit_window((d, h, w), self.window_size, self.shift_size)
+        window, shift, padded, _ = self._geometry((d, h, w))
+        if bias is None:
+            bias = self.attention_bias((d, h, w), b, x.device, x.dtype)
         # channels-last once; the layer norm over channels is then a plain F.layer_norm
-        y = F.layer_norm(x.permute(0, 2, 3, 4, 1), (c,), self.norm.weight, None, self.norm.eps)
-        pads = [(ws - s % ws) % ws for s, ws in zip((d, h, w), window)]
+        y = F.layer_norm(rearrange(x, "b c d h w -> b d h w c"), (c,), self.norm.weight, None, self.norm.eps)
+        pads = [p - s for p, s in zip(padded, (d, h, w))]
         if any(pads):
             y = F.pad(y, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-        padded = (d + pads[0], h + pads[1], w + pads[2])
-        shifted = any(s > 0 for s in shift)
-        mask_key = (*padded, window, shift) if shifted else None
-        to_windows, from_windows = _window_token_indices((d, h, w), padded, window, shift if shifted else (0, 0, 0), x.device)
+        to_windows, from_windows = _window_token_indices((d, h, w), padded, window, shift, x.device)
         n = window[0] * window[1] * window[2]
         windows = y.view(b, -1, c).index_select(1, to_windows).view(-1, n, c)
-        out = self._attend(windows, b, mask_key)
-        out = out.view(b, -1, c).index_select(1, from_windows).view(b, d, h, w, c)
-        return x + out.permute(0, 4, 1, 2, 3)
+        out = self._attend(windows, bias)
+        out = out.view(b, -1, c).index_select(1, from_windows)
+        return x + rearrange(out, "b (d h w) c -> b c d h w", d=d, h=h, w=w)

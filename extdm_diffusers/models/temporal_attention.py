@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
@@ -75,9 +76,8 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, position_bias: Optional[torch.Tensor]) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        # channels-last once (the layer norm's copy); q, k and v stay strided views of the projection
-        y = F.layer_norm(x.permute(0, 3, 4, 2, 1), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
-        y = y.reshape(b * h * w, t, c)
+        # one copy into (sequence, time, channel) order; q, k and v stay strided views of the projection
+        y = F.layer_norm(rearrange(x, "b c t h w -> (b h w) t c"), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
         step = attention_chunk_size(b * h * w, t, self.heads * self.head_dim, y, self.chunk_tokens)
         out = in_chunks(lambda start, stop: self._attend(y[start:stop], position_bias), b * h * w, step)
-        return x + out.view(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+        return x + rearrange(out, "(b h w) t c -> b c t h w", b=b, h=h, w=w)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -25,12 +26,12 @@ class TrajectoryCrossAttention(nn.Module):
         """``future_motion``: (B, C, P, 2h, 2w) embedded noisy motion; ``features``: (B, C, M + P, h, w).
         Returns the future frames' fused features, (B, C, P, h, w)."""
         observed, future = features[:, :, : self.num_observed], features[:, :, self.num_observed :]
-        b, c, p, h, w = future.shape
-        query = F.max_pool3d(future_motion, (1, 2, 2), (1, 2, 2)).flatten(2).transpose(1, 2)
-        memory = observed.flatten(2).transpose(1, 2)
+        p, h, w = future.shape[2:]
+        query = rearrange(F.max_pool3d(future_motion, (1, 2, 2), (1, 2, 2)), "b c p h w -> b (p h w) c")
+        memory = rearrange(observed, "b c m h w -> b (m h w) c")
         # ReLU after every projection, as the original's multi-head attention op
         q, k, v = (F.relu(proj(t)) for proj, t in ((self.to_q, query), (self.to_k, memory), (self.to_v, memory)))
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        attended = F.relu(self.to_out(attended)).transpose(1, 2).reshape(b, c, p, h, w)
+        q, k, v = (rearrange(t, "b n (heads d) -> b heads n d", heads=self.heads) for t in (q, k, v))
+        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b n (heads d)")
+        attended = rearrange(F.relu(self.to_out(attended)), "b (p h w) c -> b c p h w", p=p, h=h, w=w)
         return self.fuser(torch.cat([future, attended], dim=1))

@@ -2,18 +2,18 @@
 
 It predicts the noise in the future motion (B, 3, P, h, w: flow x, y and occlusion in [-1, 1]) given the
 observed motion and the autoencoder's bottleneck features. The original ships one file per variant; here
-the differences are config fields (see ``ARCHITECTURE_PRESETS`` in ``extdm_diffusers.conversion`` and
+the differences are config fields (see ``ARCHITECTURE_PRESETS`` in ``extdm_diffusers.architectures`` and
 ``docs/models.md``).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
@@ -42,6 +42,25 @@ class ExtDMUNet3DOutput(BaseOutput):
     """sample: (B, 3, P, h, w) predicted noise for flow x, y and occlusion of the P future frames."""
 
     sample: torch.Tensor = None
+
+
+@dataclass
+class ExtDMUNet3DCondition:
+    """What the denoiser computes from its condition alone, once per window (``ExtDMUNet3DModel.prepare_condition``),
+    and reuses at every denoising step of that window: nothing here depends on the noisy sample or the timestep.
+
+    conv_in_term: conv_in's share of the condition. Modes ``"none"`` and ``"adaptor"``: the prepared features'
+        term with the bias (conv_in is linear in its input channels), (B, init_channels, M + P, h, w).
+        ``"trajectory_attention"``: conv_in's whole output over the M observed frames, (B, init_channels, M, h, w)
+        (only the future frames' features depend on the noisy sample there).
+    position_bias: (heads, M + P, M + P) the temporal attention's relative position bias.
+    window_attention_bias: per block (down blocks, middle block, up blocks) the additive attention bias of its
+        two window attention layers (see ``SpaceTimeWindowAttention.attention_bias``).
+    """
+
+    conv_in_term: torch.Tensor
+    position_bias: torch.Tensor
+    window_attention_bias: Tuple[Tuple[torch.Tensor, torch.Tensor], ...]
 
 
 class ExtDMBlock3D(nn.Module):
@@ -79,15 +98,24 @@ class ExtDMBlock3D(nn.Module):
         self.layout = layout
         self.is_middle = is_middle
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+    def window_attention_bias(self, size: Tuple[int, int, int], batch: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two window attention layers' biases for inputs of (frames, height, width) ``size``."""
+        return tuple(attention.attention_bias(size, batch, device, dtype)
+                     for attention in (self.window_attention1, self.window_attention2))
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, position_bias: torch.Tensor,
+        window_bias: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        bias1, bias2 = (None, None) if window_bias is None else window_bias
         if self.layout == "interleaved":
-            x = self.window_attention1(self.resnet1(x, temb))
-            x = self.window_attention2(self.resnet2(x, temb))
+            x = self.window_attention1(self.resnet1(x, temb), bias1)
+            x = self.window_attention2(self.resnet2(x, temb), bias2)
         elif self.is_middle:
-            x = self.window_attention2(self.window_attention1(self.resnet1(x, temb)))
+            x = self.window_attention2(self.window_attention1(self.resnet1(x, temb), bias1), bias2)
         else:
             x = self.resnet2(self.resnet1(x, temb), temb)
-            x = self.window_attention2(self.window_attention1(x))
+            x = self.window_attention2(self.window_attention1(x, bias1), bias2)
         if self.adaptor is not None:
             x = self.adaptor(x)
         if self.layout == "grouped" and self.is_middle:
@@ -190,7 +218,6 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
 
         self.num_observed = num_observed
         self.gradient_checkpointing = False
-        self._step_invariant_cache = {}  # see `_step_invariant`
         window_size = tuple(window_size)
         rotary = RotaryEmbedding(rotary_dim)
         self.rotary_emb = rotary
@@ -282,92 +309,73 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         """Bilinear resize of every frame of (B, C, T, h', w') features to ``size``."""
         if tuple(features.shape[-2:]) == tuple(size):
             return features
-        b, c, t, h, w = features.shape
-        frames = F.interpolate(features.transpose(1, 2).reshape(b * t, c, h, w), size=tuple(size), mode="bilinear")
-        return frames.view(b, t, c, *size).transpose(1, 2)
+        frames = F.interpolate(rearrange(features, "b c t h w -> (b t) c h w"), size=tuple(size), mode="bilinear")
+        return rearrange(frames, "(b t) c h w -> b c t h w", b=features.shape[0])
 
-    @apply_forward_hook  # moves the model where `enable_model_cpu_offload` runs it, before its first use
-    def prepare_features(
-        self, cond_features: torch.Tensor, motion_size, position_bias: Optional[torch.Tensor] = None
-    ) -> Optional[torch.Tensor]:
-        """The feature condition at motion resolution ``motion_size`` (h, w), for the modes where it does not
-        depend on the noisy sample (``"none"``, ``"adaptor"``); ``None`` for ``"trajectory_attention"``."""
-        mode = self.config.condition_feature_mode
-        if mode == "trajectory_attention":
-            return None
-        if mode == "adaptor":
-            if position_bias is None:
-                position_bias = self.time_position_bias(cond_features.shape[2], cond_features.device)
+    def _prepare_features(self, cond_features: torch.Tensor, motion_size, position_bias: torch.Tensor) -> torch.Tensor:
+        """The feature condition at motion resolution ``motion_size`` (h, w), in the modes where it does not
+        depend on the noisy sample (``"none"``, ``"adaptor"``)."""
+        if self.config.condition_feature_mode == "adaptor":
             cond_features = self.condition_temporal_attention(self.condition_adaptor(cond_features), position_bias)
         return self._resize_features(cond_features, motion_size).contiguous(memory_format=CHANNELS_LAST)
 
-    def _step_invariant(self, name: str, sources: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-                        compute: Callable[[], torch.Tensor], extra: tuple = ()) -> torch.Tensor:
-        """``compute()``, kept under ``name`` and returned again while the very same ``sources`` tensors come back
-        unmodified and ``params`` are unchanged (identity and version counters; ``extra`` completes the key).
-        It is how work that does not change across denoising steps runs once per window. Never while autograd
-        records through any of them, so that training never reuses a graph, and never for tensors made under
-        ``torch.inference_mode``, which carry no version counter to tell an in-place change."""
-        tensors = (*sources, *params)
-        if any(t.is_inference() for t in tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-            self._step_invariant_cache.pop(name, None)
-            return compute()
-        key = tuple((t._version, t.data_ptr()) for t in params) + tuple(t._version for t in sources) + tuple(extra)
-        cached = self._step_invariant_cache.get(name)
-        if cached is not None and cached[1] == key and all(ref() is t for ref, t in zip(cached[0], sources)):
-            return cached[2]
-        value = compute()
-        self._step_invariant_cache[name] = (tuple(weakref.ref(t) for t in sources), key, value)
-        return value
+    def _embed_motion(self, motion: torch.Tensor) -> torch.Tensor:
+        motion = motion.contiguous(memory_format=CHANNELS_LAST)
+        return motion if self.config.motion_embedding_channels is None else conv_frames(self.motion_embedding, motion)
 
-    def _conv_in(self, motion: torch.Tensor, features: torch.Tensor, source: Optional[torch.Tensor]) -> torch.Tensor:
-        """``conv_in(cat([motion, features]))``, as the sum of the two parts' convolutions (it is linear in its
-        input channels). The feature part does not change across denoising steps: with ``source`` (the caller's
-        ``precomputed_features`` tensor) it is computed once per unmodified tensor. In the released models it
-        is most of the convolution: 256 of its 259 input channels at a 7x7 kernel."""
-        m = motion.shape[1]
-        weight = self.conv_in.weight
-
-        def feature_term() -> torch.Tensor:
-            return conv_frames(self.conv_in, features, weight=weight[:, m:])
-
-        if source is None:
-            term = feature_term()
-        else:
-            term = self._step_invariant(
-                "conv_in_features", (source,), (weight, self.conv_in.bias), feature_term, extra=(features.dtype,)
-            )
-        return conv_frames(self.conv_in, motion, weight=weight[:, :m], use_bias=False) + term
-
-    def _trajectory_conv_in(self, sample: torch.Tensor, cond_motion: torch.Tensor, cond_features: torch.Tensor) -> torch.Tensor:
-        """conv_in's output in the ``"trajectory_attention"`` mode, (B, init_channels, M + P, h, w).
-
-        Only the future frames' features depend on the noisy sample (through the trajectory attention), and the
-        motion embedding and conv_in work frame by frame: the observed frames' part of conv_in's output is
-        computed once per condition (``cond_motion``, ``cond_features``) and reused across denoising steps. In
-        the BAIR model conv_in reads 512 channels with a 7x7 kernel, a quarter of a call's work."""
-        m, dtype, size = self.num_observed, sample.dtype, tuple(sample.shape[-2:])
+    def _condition_terms(
+        self, cond_motion: torch.Tensor, cond_features: torch.Tensor, dtype: torch.dtype
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``conv_in_term`` and ``position_bias`` of ``ExtDMUNet3DCondition``, computed in ``dtype``."""
+        m, size = self.num_observed, tuple(cond_motion.shape[-2:])
+        position_bias = self.time_position_bias(self.num_feature_frames, cond_motion.device)
         features = cond_features.to(dtype)
+        if self.config.condition_feature_mode == "trajectory_attention":
+            motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
+            observed_features = self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST)
+            return conv_frames(self.conv_in, torch.cat([motion, observed_features], dim=1)), position_bias
+        features = self._prepare_features(features, size, position_bias)
+        motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
+        return conv_frames(self.conv_in, features, weight=self.conv_in.weight[:, motion_width:]), position_bias
 
-        def embed(motion: torch.Tensor, frame_features: torch.Tensor) -> torch.Tensor:
-            return conv_frames(self.conv_in, torch.cat([motion, frame_features], dim=1))
+    def _block_sizes(self, motion_size) -> List[Tuple[int, int, int]]:
+        """(frames, h, w) at which each block runs: the down blocks, the middle block, the up blocks."""
+        h, w = motion_size
+        down = []
+        for downsample in self.downsamplers:
+            down.append((self.num_feature_frames, h, w))
+            if isinstance(downsample, Downsample3D):
+                h, w = downsample.output_size((h, w))
+        return down + [down[-1]] + down[::-1]
 
-        def observed_input() -> torch.Tensor:
-            motion = conv_frames(self.motion_embedding, cond_motion[:, :, :m].to(dtype).contiguous(memory_format=CHANNELS_LAST))
-            return embed(motion, self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST))
+    @apply_forward_hook  # moves the model where `enable_model_cpu_offload` runs it, before its first use
+    def prepare_condition(self, cond_motion: torch.Tensor, cond_features: torch.Tensor) -> ExtDMUNet3DCondition:
+        """Everything ``forward`` computes from ``cond_motion`` and ``cond_features`` alone, in ``cond_motion``'s
+        dtype. A pipeline calls it once per window and passes the result, with these same tensors, to every
+        denoising step: ``forward(sample, t, cond_motion, cond_features, condition=...)``."""
+        cfg = self.config
+        for name, tensor, channels, frames in (("cond_motion", cond_motion, MOTION_CHANNELS, cfg.num_cond_frames),
+                                               ("cond_features", cond_features, cfg.cond_feature_channels, self.num_feature_frames)):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tuple(tensor.shape[1:3]) != (channels, frames):
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"`{name}` must have shape (B, {channels}, {frames}, ...), got {got}")
+        batch, device, dtype = cond_motion.shape[0], cond_motion.device, cond_motion.dtype
+        conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
+        blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
+        window_bias = tuple(block.window_attention_bias(size, batch, device, dtype)
+                            for block, size in zip(blocks, self._block_sizes(cond_motion.shape[-2:])))
+        return ExtDMUNet3DCondition(conv_in_term=conv_in_term, position_bias=position_bias, window_attention_bias=window_bias)
 
-        params = (self.motion_embedding.weight, self.motion_embedding.bias, self.conv_in.weight, self.conv_in.bias)
-        observed = self._step_invariant(
-            "trajectory_observed_input", (cond_motion, cond_features), params, observed_input, extra=(dtype, size)
-        )
-        future_motion = conv_frames(self.motion_embedding, sample.contiguous(memory_format=CHANNELS_LAST))
-        future_features = self._resize_features(self.trajectory_attention(future_motion, features), size)
-        future = embed(future_motion, future_features.contiguous(memory_format=CHANNELS_LAST))
-        return torch.cat([observed, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
-
-    def _apply(self, *args, **kwargs):
-        self._step_invariant_cache.clear()
-        return super()._apply(*args, **kwargs)
+    def _check_condition(self, condition: ExtDMUNet3DCondition, sample: torch.Tensor) -> None:
+        if not isinstance(condition, ExtDMUNet3DCondition):
+            raise ValueError(f"`condition` must be an ExtDMUNet3DCondition (see `prepare_condition`), got {type(condition).__name__}")
+        frames = self.num_observed if self.config.condition_feature_mode == "trajectory_attention" else self.num_feature_frames
+        expected = (sample.shape[0], self.config.init_channels, frames, *sample.shape[-2:])
+        if tuple(condition.conv_in_term.shape) != expected:
+            raise ValueError(
+                f"`condition` was prepared for other inputs: its conv_in term is {tuple(condition.conv_in_term.shape)}, "
+                f"these inputs need {expected} (see `prepare_condition`)"
+            )
 
     def set_attention_chunking(self, max_tokens: Union[int, str, None] = "auto") -> None:
         """How the window and temporal attention layers split their sequences into chunks.
@@ -394,7 +402,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         cond_motion: torch.Tensor,
         cond_features: torch.Tensor,
         return_dict: bool = True,
-        precomputed_features: Optional[torch.Tensor] = None,
+        condition: Optional[ExtDMUNet3DCondition] = None,
     ) -> Union[ExtDMUNet3DOutput, Tuple[torch.Tensor]]:
         """
         Args:
@@ -403,9 +411,8 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             cond_motion: (B, 3, num_cond_frames, h, w) motion of the observed frames (flow grid and occlusion
                 map mapped to [-1, 1]).
             cond_features: (B, F, num_feature_frames, h', w') bottleneck features; resized to (h, w) here.
-            precomputed_features: ``prepare_features(cond_features, (h, w))``, to skip that work at every
-                denoising step (the feature path does not depend on the noisy sample unless
-                ``condition_feature_mode == "trajectory_attention"``, where this is ignored).
+            condition: ``prepare_condition(cond_motion, cond_features)``: the work that does not change across
+                denoising steps, done once. ``None`` computes it here (training).
         """
         self._check_inputs(sample, cond_motion, cond_features)
         batch, num_observed = sample.shape[0], self.num_observed
@@ -414,34 +421,37 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             timesteps = timesteps[None]
         timesteps = timesteps.expand(batch)
 
-        position_bias = self.time_position_bias(num_observed + sample.shape[2], sample.device)
-        if self.config.condition_feature_mode == "trajectory_attention":
-            x = self._trajectory_conv_in(sample, cond_motion, cond_features)
+        trajectory = self.config.condition_feature_mode == "trajectory_attention"
+        if condition is None:
+            # the condition joins the noisy sample (trajectory mode) or the motion of all frames in their dtype
+            dtype = sample.dtype if trajectory else torch.promote_types(cond_motion.dtype, sample.dtype)
+            conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
+            window_bias = (None,) * (len(self.down_blocks) + 1 + len(self.up_blocks))  # each layer builds its own
         else:
-            x = torch.cat([cond_motion[:, :, :num_observed], sample], dim=2).contiguous(memory_format=CHANNELS_LAST)
-            if self.config.motion_embedding_channels is not None:
-                x = conv_frames(self.motion_embedding, x)
-            if precomputed_features is not None:
-                expected = (batch, self.config.cond_feature_channels, cond_features.shape[2], *x.shape[-2:])
-                if tuple(precomputed_features.shape) != expected:
-                    raise ValueError(f"`precomputed_features` must have shape {expected} (see `prepare_features`), "
-                                     f"got {tuple(precomputed_features.shape)}")
-                features = precomputed_features.to(x.dtype).contiguous(memory_format=CHANNELS_LAST)
-            else:
-                features = self.prepare_features(cond_features.to(x.dtype), x.shape[-2:], position_bias)
-            x = self._conv_in(x, features, precomputed_features)
+            self._check_condition(condition, sample)
+            conv_in_term, position_bias, window_bias = condition.conv_in_term, condition.position_bias, condition.window_attention_bias
+        if trajectory:
+            future_motion = self._embed_motion(sample)
+            features = self.trajectory_attention(future_motion, cond_features.to(sample.dtype))
+            features = self._resize_features(features, sample.shape[-2:]).contiguous(memory_format=CHANNELS_LAST)
+            future = conv_frames(self.conv_in, torch.cat([future_motion, features], dim=1))
+            x = torch.cat([conv_in_term, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
+        else:
+            motion = self._embed_motion(torch.cat([cond_motion[:, :, :num_observed], sample], dim=2))
+            x = conv_frames(self.conv_in, motion, weight=self.conv_in.weight[:, : motion.shape[1]], use_bias=False) + conv_in_term
         initial = x
         x = self.temporal_attention_in(x, position_bias)
         temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))
 
+        num_down = len(self.down_blocks)
         skips = []
-        for block, downsample in zip(self.down_blocks, self.downsamplers):
-            x = self._run(block, x, temb, position_bias)
+        for block, downsample, bias in zip(self.down_blocks, self.downsamplers, window_bias[:num_down]):
+            x = self._run(block, x, temb, position_bias, bias)
             skips.append(x)
             x = downsample(x)
-        x = self._run(self.mid_block, x, temb, position_bias)
-        for block, upsample in zip(self.up_blocks, self.upsamplers):
-            x = self._run(block, torch.cat([x, skips.pop()], dim=1), temb, position_bias)
+        x = self._run(self.mid_block, x, temb, position_bias, window_bias[num_down])
+        for block, upsample, bias in zip(self.up_blocks, self.upsamplers, window_bias[num_down + 1 :]):
+            x = self._run(block, torch.cat([x, skips.pop()], dim=1), temb, position_bias, bias)
             x = upsample(x)
 
         x = torch.cat([x, initial], dim=1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -25,16 +27,17 @@ class ChannelLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.layer_norm over the channels moved last: the same (x - mean) / sqrt(var + eps) * weight, 10x faster
-        # on the CPU than torch.var_mean over dim 1, and a free view for the U-Net's channels-last tensors
+        # F.layer_norm over the channels moved last: the same (x - mean) / sqrt(var + eps) * weight, in one fused
+        # kernel instead of torch.var_mean's strided reduction over dim 1 (docs/performance.md), and a free view
+        # for the U-Net's channels-last tensors
         return F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, None, self.eps).movedim(-1, 1)
 
 
-# On the CPU, torch allocates every tensor fresh from the C allocator, which hands blocks above 32 MiB straight
-# to the kernel: each one costs a page fault per 4 KiB on first touch. At 32x32 motion the attention layers'
-# q/k/v projection is 63 MiB (20,480 tokens x 768 floats) and writing it took 5x as long as the matmul itself.
-# Attending in chunks of sequences keeps every intermediate small (reused memory, in cache); a GPU's caching
-# allocator has no such cost and prefers one large kernel, so there the default is not to chunk.
+# On the CPU, torch allocates every tensor fresh from the C allocator, which hands large blocks straight to the
+# kernel: each then costs a page fault per 4 KiB on first touch, and the attention layers' q/k/v projection of
+# a whole input is such a block (docs/performance.md measures it). Attending in chunks of sequences keeps every
+# intermediate small (reused memory, in cache); a GPU's caching allocator has no such cost and prefers one
+# large kernel, so there the default is not to chunk.
 ATTENTION_CHUNK_BYTES = 12 * 2**20
 
 
@@ -75,37 +78,21 @@ class RotaryEmbedding(nn.Module):
     convention of the ``rotary-embedding-torch`` package that the original checkpoints were trained with.
 
     A pair (x0, x1) rotated by angle a is the complex product (x0 + i x1) * e^(i a); in float32 and float64
-    ``rotate`` computes it so, in one pass and without concatenations; the rotations are cached per
-    (length, device, dtype). Other dtypes (bfloat16, float16) take the real-arithmetic path.
+    ``rotate`` computes it so, in one pass and without concatenations. Other dtypes (bfloat16, float16) take the
+    real-arithmetic path. The rotations are a function of (dim, theta, length, device, dtype) alone
+    (``rotary_rotation``).
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
         super().__init__()
         self.dim = dim
-        freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
-        self.register_buffer("freqs", freqs, persistent=False)
-        self._cache = {}
+        self.theta = theta
+        # the original checkpoints store these; the conversion checks them against ours
+        self.register_buffer("freqs", rotary_frequencies(dim, theta), persistent=False)
 
     def angles(self, seq_len: int, device) -> torch.Tensor:
         """(seq_len, dim) angles, each repeated for the two features of its pair."""
-        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-        return (positions[:, None] * self.freqs.to(device, torch.float32)[None, :]).repeat_interleave(2, dim=-1)
-
-    def _rotation(self, seq_len: int, device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-        """(N, dim / 2) complex rotations for float32 / float64, else (N, dim) cos and sin in ``dtype``."""
-        key = (seq_len, torch.device(device), dtype)
-        cached = self._cache.get(key)
-        if cached is None:
-            angles = self.angles(seq_len, device)
-            if dtype in _COMPLEX:
-                half = angles[:, ::2]
-                cached = (torch.polar(torch.ones_like(half), half).to(_COMPLEX[dtype]),)
-            else:
-                cached = (angles.cos().to(dtype), angles.sin().to(dtype))
-            if len(self._cache) > 32:
-                self._cache.clear()
-            self._cache[key] = cached
-        return cached
+        return rotary_angles(self.dim, self.theta, seq_len, torch.device(device))
 
     def rotate(self, x: torch.Tensor, seq_dim: int = -2, inplace: bool = False) -> torch.Tensor:
         """Rotate the features (last axis) of ``x`` by their position along ``seq_dim``; axes between the two
@@ -116,7 +103,7 @@ class RotaryEmbedding(nn.Module):
         expand = (slice(None),) + (None,) * (-seq_dim - 2) if seq_dim < 0 else None
         if expand is None:
             raise ValueError("`seq_dim` must be negative")
-        rotation = self._rotation(n, x.device, x.dtype)
+        rotation = rotary_rotation(self.dim, self.theta, n, x.device, x.dtype)
         head, rest = x[..., : self.dim], x[..., self.dim :]
         # torch.compile takes the real-arithmetic path: inductor does not generate code for complex tensors
         if len(rotation) == 1 and _complex_viewable(head) and not torch.compiler.is_compiling():
@@ -127,8 +114,7 @@ class RotaryEmbedding(nn.Module):
             out = torch.view_as_real(pairs * rotation[0][expand]).flatten(-2)
         else:
             if len(rotation) == 1:  # a layout view_as_complex cannot take: real arithmetic
-                angles = self.angles(n, x.device)
-                rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
+                rotation = rotary_rotation(self.dim, self.theta, n, x.device, x.dtype, real=True)
             cos, sin = rotation[0][expand], rotation[1][expand]
             pairs = head.unflatten(-1, (-1, 2))
             half_turn = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
@@ -140,6 +126,29 @@ class RotaryEmbedding(nn.Module):
 
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def rotary_frequencies(dim: int, theta: float) -> torch.Tensor:
+    """(dim / 2,) float32 frequencies 1 / theta^(2i / dim)."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
+
+
+def rotary_angles(dim: int, theta: float, seq_len: int, device: torch.device) -> torch.Tensor:
+    """(seq_len, dim) float32 angles, each repeated for the two features of its pair."""
+    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    return (positions[:, None] * rotary_frequencies(dim, theta).to(device)[None, :]).repeat_interleave(2, dim=-1)
+
+
+@lru_cache(maxsize=64)  # a pure function of its arguments, called by every attention layer at every step
+def rotary_rotation(dim: int, theta: float, seq_len: int, device: torch.device, dtype: torch.dtype,
+                    real: bool = False) -> Tuple[torch.Tensor, ...]:
+    """(N, dim / 2) complex rotations for float32 / float64 (unless ``real``), else (N, dim) cos and sin in
+    ``dtype``."""
+    angles = rotary_angles(dim, theta, seq_len, device)
+    if dtype in _COMPLEX and not real:
+        half = angles[:, ::2]
+        return (torch.polar(torch.ones_like(half), half).to(_COMPLEX[dtype]),)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _complex_viewable(x: torch.Tensor) -> bool:
@@ -160,10 +169,9 @@ def conv_frames(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor]
         if weight is conv.weight and (bias is conv.bias):
             return conv(x)
         return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    b, c, t, h, w = x.shape
-    y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), weight.squeeze(2), bias,
+    y = F.conv2d(rearrange(x, "b c t h w -> (b t) c h w"), weight.squeeze(2), bias,
                  conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
-    return y.view(b, t, *y.shape[1:]).transpose(1, 2)
+    return rearrange(y, "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
 class ResnetBlock3D(nn.Module):
@@ -204,6 +212,10 @@ class Downsample3D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+
+    def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """(h, w) of the output for an input of (h, w) ``size``."""
+        return tuple((s + 2 * p - k) // st + 1 for s, p, k, st in zip(size, self.conv.padding[1:], self.conv.kernel_size[1:], self.conv.stride[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_frames(self.conv, x)

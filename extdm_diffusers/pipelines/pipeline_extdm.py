@@ -122,7 +122,8 @@ class ExtDMPipeline(DiffusionPipeline):
     def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler):
         super().__init__()
         self.register_modules(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)
-        self.video_processor = VideoProcessor(do_resize=False, do_normalize=False)
+        mono = flow_autoencoder is not None and flow_autoencoder.config.num_channels == 1
+        self.video_processor = VideoProcessor(do_resize=False, do_normalize=False, do_convert_rgb=not mono, do_convert_grayscale=mono)
 
     # ---------------------------------------------------------------------------------------------------
     @property
@@ -146,55 +147,19 @@ class ExtDMPipeline(DiffusionPipeline):
         Path(save_directory, PIPELINE_MODULE_FILE).write_text(_PIPELINE_MODULE_SOURCE)
 
     def preprocess_video(self, video: VideoInput) -> torch.Tensor:
-        """Any accepted video input -> float tensor (B, T, C, H, W) in [0, 1] with the autoencoder's channels."""
+        """Any accepted video input -> float tensor (B, T, C, H, W) in [0, 1] with the autoencoder's channels.
+        PIL frames go through diffusers' ``VideoProcessor``; every input is then checked here (finite, in [0, 1],
+        the model's frame count and size), which ``VideoProcessor`` does not do."""
         channels = self.flow_autoencoder.config.num_channels
         if isinstance(video, PIL.Image.Image):
             raise ValueError("`video` must hold several frames: a list of PIL images, not a single image")
         if isinstance(video, (list, tuple)):
-            if len(video) == 0:
-                raise ValueError("`video` is an empty list")
-            if isinstance(video[0], PIL.Image.Image):
-                video = [video]
-            if not all(isinstance(v, (list, tuple)) and v and all(isinstance(f, PIL.Image.Image) for f in v) for v in video):
-                raise ValueError("`video` as a list must hold PIL images (one video) or lists of PIL images (a batch)")
-            sizes = sorted({f.size for v in video for f in v})
-            if len(sizes) > 1:
-                raise ValueError(f"`video` PIL images must all have the same size, got (width, height) sizes {sizes}")
-            mode = "L" if channels == 1 else "RGB"
-            video = np.stack([np.stack([np.asarray(f.convert(mode)) for f in v]) for v in video])
-            if video.ndim == 4:
-                video = video[..., None]
+            video = self._pil_video_to_tensor(list(video))
         if isinstance(video, np.ndarray):
-            if video.ndim == 4:
-                video = video[None]
-            if video.ndim != 5:
-                raise ValueError(f"`video` as a numpy array must be (T, H, W, C) or (B, T, H, W, C), got shape {video.shape}")
-            if video.shape[-1] not in (1, channels) and video.shape[2] in (1, channels):
-                raise ValueError(
-                    f"`video` as a numpy array must be channels-last (B, T, H, W, C), got shape {video.shape}, which "
-                    "looks channels-first; use video.transpose(0, 1, 3, 4, 2), or pass a torch tensor (B, T, C, H, W)"
-                )
-            if video.dtype == np.uint8:
-                video = torch.from_numpy(video).float() / 255.0
-            elif np.issubdtype(video.dtype, np.floating):
-                video = torch.from_numpy(video.astype(np.float32))
-            else:
-                raise ValueError(f"`video` as a numpy array must be uint8 (0-255) or float (0-1), got {video.dtype}")
-            video = video.permute(0, 1, 4, 2, 3)
+            video = self._numpy_video_to_tensor(video, channels)
         if not isinstance(video, torch.Tensor):
             raise TypeError(f"`video` must be a torch tensor, a numpy array or PIL images, got {type(video).__name__}")
-        if video.ndim != 5:
-            raise ValueError(f"`video` as a tensor must be (B, T, C, H, W), got shape {tuple(video.shape)}")
-        if video.numel() == 0:
-            raise ValueError(f"`video` is empty, got shape {tuple(video.shape)}")
-        if not video.is_floating_point():
-            raise ValueError(f"`video` as a tensor must be floating point in [0, 1], got {video.dtype}")
-        if not torch.isfinite(video).all():
-            raise ValueError("`video` holds NaN or infinite values; frames must be finite, in [0, 1]")
-        low, high = float(video.min()), float(video.max())
-        if low < 0 or high > 1:
-            raise ValueError(f"`video` values must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
-
+        self._check_video_tensor(video)
         if video.shape[2] == 1 and channels == 3:
             video = video.expand(-1, -1, 3, -1, -1)  # grayscale shown as RGB, as the original datasets do
         if video.shape[2] != channels:
@@ -209,6 +174,55 @@ class ExtDMPipeline(DiffusionPipeline):
             raise ValueError(f"`video` frames must be {size}x{size} (the autoencoder's training size), got "
                              f"{video.shape[-2]}x{video.shape[-1]}; resize them first")
         return video
+
+    def _pil_video_to_tensor(self, video: list) -> torch.Tensor:
+        """One video (a list of PIL images) or a batch (a list of lists) -> (B, T, C, H, W) through diffusers'
+        ``VideoProcessor`` (which converts the mode to the autoencoder's channels and scales to [0, 1])."""
+        if len(video) == 0:
+            raise ValueError("`video` is an empty list")
+        videos = [video] if isinstance(video[0], PIL.Image.Image) else video
+        if not all(isinstance(v, (list, tuple)) and v and all(isinstance(f, PIL.Image.Image) for f in v) for v in videos):
+            raise ValueError("`video` as a list must hold PIL images (one video) or lists of PIL images (a batch)")
+        sizes = sorted({f.size for v in videos for f in v})
+        if len(sizes) > 1:
+            raise ValueError(f"`video` PIL images must all have the same size, got (width, height) sizes {sizes}")
+        return self.video_processor.preprocess_video([list(v) for v in videos]).transpose(1, 2)
+
+    @staticmethod
+    def _numpy_video_to_tensor(video: np.ndarray, channels: int) -> torch.Tensor:
+        """(T, H, W, C) or (B, T, H, W, C) uint8 (0-255) or float (0-1) -> (B, T, C, H, W). Not through
+        ``VideoProcessor``: it takes every array as floats in [0, 1] (uint8 frames would stay 0-255) and cannot
+        tell a channels-first array, which this names."""
+        if video.ndim == 4:
+            video = video[None]
+        if video.ndim != 5:
+            raise ValueError(f"`video` as a numpy array must be (T, H, W, C) or (B, T, H, W, C), got shape {video.shape}")
+        if video.shape[-1] not in (1, channels) and video.shape[2] in (1, channels):
+            raise ValueError(
+                f"`video` as a numpy array must be channels-last (B, T, H, W, C), got shape {video.shape}, which "
+                "looks channels-first; use video.transpose(0, 1, 3, 4, 2), or pass a torch tensor (B, T, C, H, W)"
+            )
+        if video.dtype == np.uint8:
+            tensor = torch.from_numpy(video).float() / 255.0
+        elif np.issubdtype(video.dtype, np.floating):
+            tensor = torch.from_numpy(video.astype(np.float32))
+        else:
+            raise ValueError(f"`video` as a numpy array must be uint8 (0-255) or float (0-1), got {video.dtype}")
+        return tensor.permute(0, 1, 4, 2, 3)
+
+    @staticmethod
+    def _check_video_tensor(video: torch.Tensor) -> None:
+        if video.ndim != 5:
+            raise ValueError(f"`video` as a tensor must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+        if video.numel() == 0:
+            raise ValueError(f"`video` is empty, got shape {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise ValueError(f"`video` as a tensor must be floating point in [0, 1], got {video.dtype}")
+        if not torch.isfinite(video).all():
+            raise ValueError("`video` holds NaN or infinite values; frames must be finite, in [0, 1]")
+        low, high = float(video.min()), float(video.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"`video` values must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
 
     def check_inputs(self, num_frames, num_samples_per_video, eta, output_type, generator, batch_size,
                      callback_on_step_end, callback_on_step_end_tensor_inputs) -> None:
@@ -264,6 +278,94 @@ class ExtDMPipeline(DiffusionPipeline):
             kwargs["generator"] = generator
         return kwargs
 
+    def prepare_latents(
+        self, latents: Optional[torch.Tensor], window: int, batch_size: int, motion_size, generator, device, dtype
+    ) -> torch.Tensor:
+        """Initial noise of ``window``: the user's (see ``check_latents``), else drawn from ``generator``."""
+        pred = self.num_pred_frames
+        if latents is not None and (window == 0 or latents.shape[2] > pred):
+            sample = latents[:, :, window * pred : (window + 1) * pred]
+        else:
+            sample = randn_tensor((batch_size, 3, pred, *motion_size), generator=generator, device=device, dtype=dtype)
+        return sample * self.scheduler.init_noise_sigma
+
+    def denoise_window(
+        self,
+        sample: torch.Tensor,
+        condition: MotionCondition,
+        window: int,
+        num_windows: int,
+        num_inference_steps: int,
+        extra_step_kwargs: dict,
+        callback_on_step_end: Optional[Callable],
+        callback_on_step_end_tensor_inputs: List[str],
+        progress_bar,
+    ) -> torch.Tensor:
+        """The step loop of one window: the future motion denoised from ``sample`` under ``condition``, clamped
+        to [-1, 1]."""
+        dtype, latent_dtype = self.unet.dtype, sample.dtype
+        if window > 0:
+            self.scheduler.set_timesteps(num_inference_steps, device=sample.device)  # multistep solvers keep state
+        timesteps = self.scheduler.timesteps
+        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+        cond_motion = condition.cond_motion.to(dtype)
+        cond_features = condition.cond_features.to(dtype)
+        # what the U-Net computes from the condition alone: once per window, not at every step
+        unet_condition = self.unet.prepare_condition(cond_motion, cond_features)
+        finite = []  # checked once the window is done: a check per step would wait for the device at every step
+        for i, t in enumerate(timesteps):
+            model_input = self.scheduler.scale_model_input(sample, t)
+            noise_pred = self.unet(model_input.to(dtype), t, cond_motion, cond_features, condition=unet_condition).sample
+            sample = self.scheduler.step(noise_pred.to(latent_dtype), t, sample, **extra_step_kwargs).prev_sample
+            finite.append(torch.isfinite(sample).all())
+            if callback_on_step_end is not None:
+                callback_kwargs = {"latents": sample, "cond_motion": cond_motion, "cond_features": cond_features}
+                callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, window * len(timesteps) + i, t, callback_kwargs)
+                if not isinstance(callback_outputs, dict):
+                    raise TypeError(
+                        "`callback_on_step_end` must return a dict (e.g. `callback_kwargs`, or {} to change "
+                        f"nothing), got {type(callback_outputs).__name__}"
+                    )
+                sample = callback_outputs.pop("latents", sample)
+            if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                progress_bar.update()
+        finite = torch.stack(finite)
+        if not finite.all():
+            step = int(finite.logical_not().nonzero()[0])
+            raise FloatingPointError(
+                f"the denoised motion became NaN or infinite in window {window + 1}/{num_windows} at step "
+                f"{step + 1}/{len(timesteps)} (timestep {int(timesteps[step])}) with {type(self.scheduler).__name__}"
+            )
+        # The original's sampler ends on a thresholded x0 in [-1, 1]; keep every scheduler's motion there so that
+        # decoding and re-encoding never see grids far outside the frame.
+        return sample.clamp(-1, 1)
+
+    def next_window_condition(self, condition: MotionCondition, decoded: torch.Tensor, use_occlusion: bool) -> MotionCondition:
+        """The next window's condition: the last ``num_cond_frames`` frames of [the observed frames as the
+        autoencoder reconstructs them, the frames predicted so far], as the original evaluation rolls out."""
+        cond, pred = self.num_cond_frames, self.num_pred_frames
+        if pred >= cond:
+            next_frames = decoded[:, -cond:]
+        else:
+            occlusion = condition.occlusion[:, pred - cond :] if use_occlusion else None
+            reconstructed = self.flow_autoencoder.decode(condition.reference, condition.flow[:, pred - cond :], occlusion).sample
+            next_frames = torch.cat([reconstructed, decoded], dim=1)
+        return self.encode_condition(next_frames, use_occlusion)
+
+    @staticmethod
+    def motion_to_output(sample: torch.Tensor) -> torch.Tensor:
+        """Denoised motion (B, 3, T, h, w) -> (B, T, 3, h, w) with the occlusion in [0, 1]."""
+        motion = sample.transpose(1, 2)
+        return torch.cat([motion[:, :, :2], (motion[:, :, 2:] + 1) * 0.5], dim=2)
+
+    def postprocess(self, frames: List[torch.Tensor], num_frames: int, output_type: str):
+        """Decoded windows -> the first ``num_frames`` frames as ``output_type``."""
+        video = torch.cat(frames, dim=1)[:, :num_frames].clamp(0, 1)
+        if output_type != "pt":
+            video = video.float()
+        return self.video_processor.postprocess_video(video.transpose(1, 2), output_type=output_type)
+
     # ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -311,7 +413,7 @@ class ExtDMPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: the tensors in ``callback_kwargs``: any of ``"latents"``,
                 ``"cond_motion"``, ``"cond_features"``.
         """
-        # 0. Check the inputs.
+        # 1. Check the inputs.
         num_frames = self.num_pred_frames if num_frames is None else num_frames
         frames = self.preprocess_video(video)
         batch_size = frames.shape[0] * num_samples_per_video if isinstance(num_samples_per_video, int) else 0
@@ -323,98 +425,42 @@ class ExtDMPipeline(DiffusionPipeline):
             raise ValueError("`use_occlusion=True` needs an autoencoder that estimates occlusion maps; this one does not")
 
         device = self._execution_device
-        dtype = self.unet.dtype
         # The motion is a sampling grid: in bfloat16 its coordinates would round to 1/128 of the frame (a quarter
         # pixel at 64 px) at every step. The scheduler therefore updates it in at least float32, and only the
         # U-Net's input is cast to the U-Net's dtype.
-        latent_dtype = torch.promote_types(dtype, torch.float32)
+        latent_dtype = torch.promote_types(self.unet.dtype, torch.float32)
         frames = frames.to(device=device, dtype=self.flow_autoencoder.dtype)
-        cond, pred = self.num_cond_frames, self.num_pred_frames
-        num_windows = -(-num_frames // pred)
+        num_windows = -(-num_frames // self.num_pred_frames)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
-        self._num_timesteps = len(timesteps) * num_windows
+        self._num_timesteps = len(self.scheduler.timesteps) * num_windows
 
-        # 1. Encode the observed frames once per video, then share the condition among its samples.
+        # 2. Encode the observed frames once per video, then share the condition among its samples.
         condition = self.encode_condition(frames, use_occlusion).repeat_interleave(num_samples_per_video)
         motion_size = tuple(condition.cond_motion.shape[-2:])
         latents = self.check_latents(latents, batch_size, motion_size, num_windows, latent_dtype, device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
+        # 3. Window by window: noise, denoise, decode, and condition the next window on what was decoded.
         predicted_frames, predicted_motion = [], []
         with self.progress_bar(total=num_windows * num_inference_steps) as progress_bar:
             for window in range(num_windows):
-                # 2. Initial noise of this window.
-                if latents is not None and (window == 0 or latents.shape[2] > pred):
-                    sample = latents[:, :, window * pred : (window + 1) * pred]
-                else:
-                    sample = randn_tensor((batch_size, 3, pred, *motion_size), generator=generator, device=device, dtype=latent_dtype)
-                sample = sample * self.scheduler.init_noise_sigma
-                cond_motion = condition.cond_motion.to(dtype)
-                cond_features = condition.cond_features.to(dtype)
-                # the feature condition does not change during denoising: prepare it once per window
-                prepared = self.unet.prepare_features(cond_features, motion_size)
-
-                # 3. Denoise.
-                if window > 0:
-                    self.scheduler.set_timesteps(num_inference_steps, device=device)  # multistep solvers keep state
-                for i, t in enumerate(timesteps):
-                    model_input = self.scheduler.scale_model_input(sample, t)
-                    noise_pred = self.unet(model_input.to(dtype), t, cond_motion, cond_features, precomputed_features=prepared).sample
-                    sample = self.scheduler.step(noise_pred.to(latent_dtype), t, sample, **extra_step_kwargs).prev_sample
-                    if not torch.isfinite(sample).all():
-                        raise FloatingPointError(
-                            f"the denoised motion became NaN or infinite in window {window + 1}/{num_windows} at step "
-                            f"{i + 1}/{len(timesteps)} (timestep {int(t)}) with {type(self.scheduler).__name__}"
-                        )
-                    if callback_on_step_end is not None:
-                        callback_kwargs = {"latents": sample, "cond_motion": cond_motion, "cond_features": cond_features}
-                        callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, window * len(timesteps) + i, t, callback_kwargs)
-                        if not isinstance(callback_outputs, dict):
-                            raise TypeError(
-                                "`callback_on_step_end` must return a dict (e.g. `callback_kwargs`, or {} to change "
-                                f"nothing), got {type(callback_outputs).__name__}"
-                            )
-                        sample = callback_outputs.pop("latents", sample)
-                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
-                        progress_bar.update()
-
-                # 4. The original's sampler ends on a thresholded x0 in [-1, 1]; keep every scheduler's motion there
-                # so that decoding and re-encoding never see grids far outside the frame.
-                sample = sample.clamp(-1, 1)
-                motion = sample.transpose(1, 2)
+                sample = self.prepare_latents(latents, window, batch_size, motion_size, generator, device, latent_dtype)
+                sample = self.denoise_window(sample, condition, window, num_windows, num_inference_steps, extra_step_kwargs,
+                                             callback_on_step_end, callback_on_step_end_tensor_inputs, progress_bar)
                 if return_motion or output_type == "latent":
-                    predicted_motion.append(torch.cat([motion[:, :, :2], (motion[:, :, 2:] + 1) * 0.5], dim=2))
+                    predicted_motion.append(self.motion_to_output(sample))
                 last_window = window + 1 == num_windows
                 if output_type == "latent" and last_window:
                     break
                 decoded = self.decode_motion(condition.reference, sample.to(self.flow_autoencoder.dtype), use_occlusion)
                 predicted_frames.append(decoded)
-
-                # 5. Next window: condition on the last `cond` frames of [decoded observed frames, predicted].
                 if not last_window:
-                    if pred >= cond:
-                        next_frames = decoded[:, -cond:]
-                    else:
-                        occlusion = condition.occlusion[:, pred - cond :] if use_occlusion else None
-                        reconstructed = self.flow_autoencoder.decode(
-                            condition.reference, condition.flow[:, pred - cond :], occlusion
-                        ).sample
-                        next_frames = torch.cat([reconstructed, decoded], dim=1)
-                    condition = self.encode_condition(next_frames, use_occlusion)
+                    condition = self.next_window_condition(condition, decoded, use_occlusion)
 
+        # 4. Outputs.
         motion_out = torch.cat(predicted_motion, dim=1)[:, :num_frames] if predicted_motion else None
         self.maybe_free_model_hooks()
-
-        if output_type == "latent":
-            video_out = motion_out
-        else:
-            video_out = torch.cat(predicted_frames, dim=1)[:, :num_frames].clamp(0, 1)
-            if output_type != "pt":
-                video_out = video_out.float()
-            video_out = self.video_processor.postprocess_video(video_out.transpose(1, 2), output_type=output_type)
+        video_out = motion_out if output_type == "latent" else self.postprocess(predicted_frames, num_frames, output_type)
         if not return_dict:
             return (video_out, motion_out)
         return ExtDMPipelineOutput(frames=video_out, motion=motion_out)

@@ -6,13 +6,15 @@ Stock ``DDIMScheduler`` cannot be configured to match it, for two reasons:
 - alpha indexing: the DDIM update uses ``alphas_cumprod_prev[t]`` and ``alphas_cumprod_prev[t_next]`` (one
   index earlier than ``alphas_cumprod``; ``alphas_cumprod_prev[0] = 1``), while x0 is predicted from epsilon
   with ``alphas_cumprod[t]``.
-The schedule itself is the original's cosine schedule (s = 0.008, betas clipped to ``max_beta`` = 0.9999,
-computed in float64), and x0 is dynamically thresholded at the 0.9 quantile of |x0| per sample, clamped
-below at 1 (``sample_max_value`` is a bound far above any motion value: in effect none).
+The schedule itself is the original's cosine schedule (s = 0.008, betas clipped to 0.9999, computed in
+float64; both constants of the original, not config), and x0 is dynamically thresholded at the 0.9 quantile
+of |x0| per sample, clamped below at 1 (``sample_max_value`` is a bound far above any motion value: in effect
+none).
 
-The config keeps the names stock schedulers read (``num_train_timesteps``, ``beta_schedule``,
+The config holds only names stock schedulers read (``num_train_timesteps``, ``beta_schedule``,
 ``prediction_type``, ``thresholding``, ...), so ``DDIMScheduler.from_config(pipe.scheduler.config)`` and the
-other schedulers listed in ``_compatibles`` work on an ExtDM pipeline.
+other schedulers listed in ``_compatibles`` work on an ExtDM pipeline, without a warning about unexpected
+config attributes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
+from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -54,27 +56,32 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
+    _TABLES = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+               "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
 
-    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
-        max_beta: float = 0.9999,
         prediction_type: str = "epsilon",
         thresholding: bool = True,
         dynamic_thresholding_ratio: float = 0.9,
         sample_max_value: float = 1e9,
         clip_sample: bool = False,
     ):
-        # Every field here defines the ExtDM schedule: none is a "default" that another scheduler's
-        # `from_config` may replace with its own (diffusers drops the fields listed in `_use_default_values`).
-        self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k != "_use_default_values"})
+        # Registered by the public method, not the `@register_to_config` decorator: the decorator also records
+        # which fields were left at their defaults (`_use_default_values`), and another scheduler's
+        # `from_config` replaces those with its own defaults. Every field here defines the ExtDM schedule.
+        self.register_to_config(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type,
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value, clip_sample=clip_sample,
+        )
         if beta_schedule != "squaredcos_cap_v2":
             raise ValueError(f"ExtDMDDIMScheduler implements the original cosine schedule only ('squaredcos_cap_v2'), got {beta_schedule!r}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        alphas_cumprod = original_cosine_alphas_cumprod(num_train_timesteps, max_beta=max_beta)
+        alphas_cumprod = original_cosine_alphas_cumprod(num_train_timesteps)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         # float64 maths cast to float32, exactly as the original's registered buffers
         self.betas = (1 - alphas_cumprod / alphas_cumprod_prev).float()
@@ -87,7 +94,16 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
-        self._next_timesteps = torch.cat([self.timesteps[1:], torch.zeros(1, dtype=torch.long)])
+        self._grid: List[int] = []  # the time grid on the host, then its final 0
+        self._step_index: Optional[int] = None
+
+    def _move_tables(self, device: Union[str, torch.device]) -> None:
+        """Keeps the schedule's tables where the samples are (as diffusers' schedulers do): looking a
+        coefficient up then reads no value back to the host."""
+        device = torch.device(device)
+        if self.alphas_cumprod.device != device:
+            for name in self._TABLES:
+                setattr(self, name, getattr(self, name).to(device))
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
         return sample
@@ -100,14 +116,28 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_inference_steps
         times = torch.linspace(0.0, self.config.num_train_timesteps, steps=num_inference_steps + 2)[:-1]
         times = times.int().flip(0).long()  # e.g. 909, 818, ..., 90, 0
+        self._grid = times.tolist()
+        self._step_index = None
         self.timesteps = times[:-1].to(device)
-        self._next_timesteps = times[1:].to(device)
+        if device is not None:
+            self._move_tables(device)
 
-    def _index(self, timestep) -> int:
-        matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
-        if len(matches) == 0:
-            raise ValueError(f"timestep {int(timestep)} is not one of this scheduler's timesteps; call `set_timesteps` first")
-        return int(matches[0])
+    @property
+    def step_index(self) -> Optional[int]:
+        """Index in ``timesteps`` of the next step a device tensor's timestep is taken for (see ``_step_index_of``)."""
+        return self._step_index
+
+    def _step_index_of(self, timestep: Union[int, torch.Tensor]) -> int:
+        """Where ``timestep`` lies in the time grid. A number or a CPU tensor is looked up by value. Reading the
+        value of a tensor on an accelerator waits for the device, so that happens once after ``set_timesteps``
+        (once per window); later steps follow the grid, as diffusers' multistep schedulers do."""
+        on_device = isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu"
+        if on_device and self._step_index is not None and self._step_index < len(self._grid) - 1:
+            return self._step_index
+        value = int(timestep)
+        if value not in self._grid[:-1]:
+            raise ValueError(f"timestep {value} is not one of this scheduler's timesteps; call `set_timesteps` first")
+        return self._grid.index(value)
 
     def predict_original_sample(
         self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor
@@ -119,7 +149,7 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
             signal, sigma = self._signal_and_sigma(timestep, sample)
             x0 = signal * sample - sigma * model_output
         else:
-            a, b = self._coefficients(timestep, sample, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
+            a, b = self._coefficients(timestep, sample, "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
             x0 = a * sample - b * model_output
         if self.config.thresholding:
             return self._threshold(x0)
@@ -139,16 +169,18 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def _signal_and_sigma(self, timestep, sample: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """sqrt(ᾱ_t) and sqrt(1 − ᾱ_t): x_t = signal x0 + sigma ε."""
-        return self._coefficients(timestep, sample, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        return self._coefficients(timestep, sample, "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
 
-    @staticmethod
-    def _coefficients(timestep, sample: torch.Tensor, *tables: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Each table at ``timestep`` (a number, or one per sample, broadcast over ``sample``)."""
-        t = torch.as_tensor(timestep).cpu().long()
-        values = tuple(table[t] for table in tables)
-        if t.ndim:
+    def _coefficients(self, timestep, sample: torch.Tensor, *names: str) -> Tuple[torch.Tensor, ...]:
+        """The tables ``names`` at ``timestep`` (a number, or one per sample, broadcast over ``sample``), looked
+        up where ``sample`` is."""
+        self._move_tables(sample.device)
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.to(sample.device, torch.long)
+        values = tuple(getattr(self, name)[timestep] for name in names)
+        if isinstance(timestep, torch.Tensor) and timestep.ndim:
             shape = (-1,) + (1,) * (sample.ndim - 1)
-            values = tuple(v.to(sample.device).view(shape) for v in values)
+            values = tuple(v.view(shape) for v in values)
         return values
 
     def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
@@ -172,8 +204,10 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         the predicted noise, or velocity with ``prediction_type="v_prediction"``)."""
         if self.num_inference_steps is None:
             raise ValueError("call `set_timesteps` before `step`")
-        index = self._index(timestep)
-        t, t_next = int(self.timesteps[index]), int(self._next_timesteps[index])
+        self._move_tables(sample.device)
+        index = self._step_index_of(timestep)
+        t, t_next = self._grid[index], self._grid[index + 1]
+        self._step_index = index + 1
         alpha, alpha_next = self.alphas_cumprod_prev[t], self.alphas_cumprod_prev[t_next]
 
         x0 = self.predict_original_sample(model_output, t, sample)
