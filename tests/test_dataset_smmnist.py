@@ -159,7 +159,7 @@ def test_extdm_build_dataset_runs_the_named_builder_with_its_flags(tmp_path, cap
     from extdm_diffusers.data.builders import BUILDERS
     from extdm_diffusers.data.builders.cli import main as build_dataset
 
-    assert sorted(BUILDERS) == ["bair", "cityscapes", "kth", "smmnist", "ucf101"]
+    assert sorted(BUILDERS) == ["bair", "cityscapes", "kth", "smmnist", "ucf101", "video_folder"]
     out = tmp_path / "mini"
     assert build_dataset(["smmnist", "--source", "bundled", "--output_dir", str(out), "--num_train", "3",
                           "--num_test", "2", "--num_frames", "4"]) == 0

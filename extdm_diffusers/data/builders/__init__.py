@@ -18,7 +18,7 @@ class BuildError(RuntimeError):
     """A problem the user can fix (missing/corrupt raw file, bad argument); printed without a traceback."""
 
 
-BUILDERS: Dict[str, str] = {name: f"{__name__}.{name}" for name in ("smmnist", "kth", "bair", "cityscapes", "ucf101")}
+BUILDERS: Dict[str, str] = {name: f"{__name__}.{name}" for name in ("smmnist", "kth", "bair", "cityscapes", "ucf101", "video_folder")}
 
 
 def get_builder(name: str) -> ModuleType:
