@@ -1,9 +1,12 @@
 """Convert original ExtDM checkpoints into a diffusers pipeline folder (with a model card).
 
-    python -m extdm_diffusers.convert --ae_checkpoint AE.pth --dm_checkpoint DM.pth --config config/DM/kth.yaml \
+    python -m extdm_diffusers.convert --ae_checkpoint AE.pth --dm_checkpoint DM.pth --benchmark kth \
         --output_dir extdm-kth
 
-The denoiser architecture and its arguments are inferred from the checkpoint unless ``--architecture`` names one.
+``--benchmark NAME_OR_FILE`` (a registry name or a benchmark file) holds everything the original DM YAML gave;
+``--config config/DM/kth.yaml`` (the original YAML) is accepted instead. The denoiser architecture and its
+arguments are inferred from the checkpoint unless ``--architecture`` names one. The folder records the benchmark
+(its complete definition, with the checkpoint's window) in ``model_index.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import yaml
 
 from .architectures import ARCHITECTURE_PRESETS
+from .benchmarks import Benchmark, BenchmarkDefinitionError, get_benchmark, load_benchmark
 from .conversion import CheckpointConversionError, infer_unet_from_original, pipeline_from_original
 
 # Recognised original experiment names -> the dataset the model was trained on.
@@ -69,7 +73,29 @@ def load_original_config(path: str) -> dict:
     return config
 
 
-def model_card(config: Mapping, architecture: str, repo_id: Optional[str]) -> str:
+def original_config_from_benchmark(benchmark: Benchmark) -> dict:
+    """What conversion reads of an original DM YAML, from a benchmark: no clone of the original repository needed."""
+    return {
+        "experiment_name": benchmark.name,
+        "flow_params": {"model_params": benchmark.flow_autoencoder_config()},
+        "dataset_params": {
+            "frame_shape": benchmark.frame_size,
+            "train_params": {"cond_frames": benchmark.train_cond_frames, "pred_frames": benchmark.train_pred_frames},
+            "valid_params": {"cond_frames": benchmark.evaluation.cond_frames, "pred_frames": benchmark.evaluation.pred_frames},
+        },
+    }
+
+
+def registry_benchmark_of(config: Mapping) -> Optional[Benchmark]:
+    """The registry entry an original YAML's ``experiment_name`` names (``kth64`` -> kth), or None."""
+    name = str(config.get("experiment_name", "")).lower()
+    key = next((key for key in _DATASETS if key in name), None)
+    return None if key is None else get_benchmark(key)
+
+
+def model_card(config: Mapping, architecture: str, repo_id: Optional[str], benchmark: Optional[Benchmark] = None,
+               original_yaml: bool = True) -> str:
+    """The folder's README.md; ``original_yaml``: ``config`` is the original DM YAML (shown in full)."""
     name = str(config.get("experiment_name", "")).lower()
     dataset = next((label for key, label in _DATASETS.items() if key in name), None)
     dataset_params = config.get("dataset_params", {})
@@ -112,30 +138,47 @@ def model_card(config: Mapping, architecture: str, repo_id: Optional[str]) -> st
         f"frames = pipe(video, num_frames={valid.get('pred_frames', pred)}, output_type=\"pt\").frames",
         "```",
         "",
-        "## Original configuration",
-        "",
-        "```yaml",
-        yaml.safe_dump(dict(config), sort_keys=False).strip(),
-        "```",
-        "",
     ]
+    if benchmark is not None:
+        lines += [f"## Benchmark `{benchmark.name}`", "",
+                  "Recorded in `model_index.json` (`pipe.benchmark`); evaluation and `extdm-predict` read it from there.", "",
+                  "```json", json.dumps(benchmark.to_dict(), indent=2), "```", ""]
+    if original_yaml:
+        lines += ["## Original configuration", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 
 
 def convert(
     ae_checkpoint: str,
     dm_checkpoint: str,
-    config_path: str,
+    config_path: Optional[str],
     architecture: str,
     output_dir: str,
     unet_kwargs: Optional[dict] = None,
     push_to_hub: Optional[str] = None,
     trust_checkpoint: bool = False,
     log: Callable[[str], None] = print,
+    benchmark: Optional[str] = None,
 ):
     """Original checkpoints -> a ``save_pretrained`` folder with a model card. ``architecture="auto"`` infers the
-    denoiser and its arguments from the checkpoint and logs what it found."""
-    config = load_original_config(config_path)
+    denoiser and its arguments from the checkpoint and logs what it found. ``benchmark`` (a registry name or a
+    benchmark file) replaces ``config_path`` (the original YAML); with both, the YAML builds the models and
+    ``benchmark`` is what the folder records."""
+    if config_path is None and benchmark is None:
+        raise ConversionInputError("pass --benchmark NAME_OR_FILE (or the original YAML with --config)")
+    bench = None
+    if benchmark is not None:
+        try:
+            bench = load_benchmark(benchmark)
+        except (KeyError, TypeError, BenchmarkDefinitionError) as error:
+            raise ConversionInputError(f"--benchmark: {error.args[0] if isinstance(error, KeyError) else error}") from None
+    from_yaml = config_path is not None
+    if from_yaml:
+        config = load_original_config(config_path)
+        bench = bench or registry_benchmark_of(config)
+    else:
+        config = original_config_from_benchmark(bench)
+        config_path = f"--benchmark {benchmark}"
     ae = load_original_checkpoint(ae_checkpoint, trust_checkpoint)
     dm = load_original_checkpoint(dm_checkpoint, trust_checkpoint)
     if "diffusion" not in dm:
@@ -151,8 +194,14 @@ def convert(
             log(f"note: the checkpoint observes {kwargs['cond_num']} and predicts {kwargs['pred_num']} frames per window; "
                 f"{config_path} says {train['cond_frames']} -> {train['pred_frames']}: the checkpoint's values are used")
     pipe = pipeline_from_original(ae, dm, config, architecture, kwargs)
+    if bench is not None:  # as converted: the checkpoint's autoencoder, window and architecture
+        bench = bench.for_models(pipe.flow_autoencoder.config, pipe.unet.config, architecture)
+        pipe.register_to_config(benchmark=bench.to_dict())
+    else:
+        log(f"note: {config_path} names no registry benchmark; the folder records none (pass --benchmark to record one)")
     pipe.save_pretrained(output_dir, safe_serialization=True)
-    Path(output_dir, "README.md").write_text(model_card(config, architecture, push_to_hub))
+    Path(output_dir, "README.md").write_text(model_card(config, architecture, push_to_hub, bench,
+                                                        original_yaml=from_yaml))
     if push_to_hub:
         from huggingface_hub import HfApi
 
@@ -176,7 +225,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extdm_diffusers.convert", description=__doc__.splitlines()[0])
     parser.add_argument("--ae_checkpoint", required=True, help="original flow autoencoder .pth")
     parser.add_argument("--dm_checkpoint", required=True, help="original diffusion model .pth (holds 'diffusion')")
-    parser.add_argument("--config", required=True, help="original DM YAML (config/DM/*.yaml)")
+    parser.add_argument("--benchmark", default=None, metavar="NAME_OR_FILE",
+                        help="smmnist, kth, bair, cityscapes, ucf101 or a .json/.yaml benchmark file: what the original "
+                             "YAML gave, and what the folder records")
+    parser.add_argument("--config", default=None, help="original DM YAML (config/DM/*.yaml), instead of --benchmark")
     parser.add_argument("--architecture", default="auto", choices=["auto"] + sorted(ARCHITECTURE_PRESETS),
                         help="original denoiser module; 'auto' (default) infers it and its arguments from the checkpoint")
     parser.add_argument("--output_dir", required=True)
@@ -188,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     try:
         convert(args.ae_checkpoint, args.dm_checkpoint, args.config, args.architecture, args.output_dir,
-                args.unet_kwargs, args.push_to_hub, args.trust_checkpoint)
+                args.unet_kwargs, args.push_to_hub, args.trust_checkpoint, benchmark=args.benchmark)
     except (ConversionInputError, CheckpointConversionError, ValueError) as error:
         # one line naming the file or argument, like argparse's own errors; no traceback for bad input
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -207,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     def evaluate() -> None:
         status = evaluate_main([
-            "--pipeline", str(out / "pipeline"), "--benchmark", "smmnist", "--dataset_dir", str(out / "data"),
+            "--pipeline", str(out / "pipeline"), "--dataset_dir", str(out / "data"),  # the benchmark it records
             "--output_dir", str(out / "evaluation"), "--num_videos", str(args.num_test_videos), "--num_samples", "1",
             "--cond_frames", str(args.cond_frames), "--pred_frames", str(args.eval_pred_frames),
             "--num_inference_steps", str(args.num_inference_steps), "--seed", str(args.seed),

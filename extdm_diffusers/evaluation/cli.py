@@ -19,7 +19,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvaluationConfig:
         description="Evaluate an ExtDM pipeline with the paper's protocol (resumable; shard with accelerate launch "
                     "or torchrun). Protocol values default to the benchmark registry's.")
     parser.add_argument("--pipeline", required=True, help="pipeline folder or Hub repo id")
-    parser.add_argument("--benchmark", required=True, help="smmnist, kth, bair, cityscapes or ucf101")
+    parser.add_argument("--benchmark", default=None, metavar="NAME_OR_FILE",
+                        help="smmnist, kth, bair, cityscapes, ucf101 or a .json/.yaml benchmark file (default: the "
+                             "benchmark the pipeline records; an explicit one wins, but must match its frame size "
+                             "and channels)")
     parser.add_argument("--dataset_dir", required=True, help="a dataset_builders/ output (save_to_disk folder) or Hub repo")
     parser.add_argument("--output_dir", default="evaluation")
     parser.add_argument("--split", default=None)

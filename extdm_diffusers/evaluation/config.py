@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..benchmarks import Benchmark, EvaluationProtocol, get_benchmark
+from ..benchmarks import Benchmark, BenchmarkDefinitionError, EvaluationProtocol, pipeline_benchmark
 
 METHODS = ("extdm", "copy_last_frame", "autoencoder")
 #: metric -> whether larger is better (the best-of-n pick: max for PSNR/SSIM, min for LPIPS, as the original)
@@ -20,11 +21,12 @@ class EvaluationError(RuntimeError):
 
 @dataclass
 class EvaluationConfig:
-    """Everything an evaluation run needs. ``None`` takes the benchmark registry's protocol value."""
+    """Everything an evaluation run needs. ``None`` takes the benchmark's protocol value; ``benchmark`` (a registry
+    name or a benchmark file) defaults to the one the pipeline records."""
 
     pipeline: str
-    benchmark: str
     dataset_dir: str
+    benchmark: Optional[str] = None
     output_dir: str = "evaluation"
     split: Optional[str] = None
     num_videos: Optional[int] = None
@@ -46,13 +48,31 @@ class EvaluationConfig:
     dtype: str = "float32"
     update_model_card: bool = False
     max_videos: Optional[int] = None  # stop after this many newly finished videos (per process): for tests
+    _resolved: Optional[Benchmark] = field(default=None, init=False, repr=False, compare=False)
 
     def registry_benchmark(self) -> Benchmark:
-        """The registry's entry for ``benchmark``; an unknown name is an :class:`EvaluationError`."""
+        """The benchmark of the run: ``benchmark`` (a registry name or file) when given, else the one the pipeline
+        records; an unknown name, a bad file, a frame size or channels that differ from the pipeline's recorded
+        benchmark, or neither being there is an :class:`EvaluationError`."""
+        if self._resolved is None:
+            try:
+                self._resolved = pipeline_benchmark(self.benchmark, self._recorded_benchmark())
+            except BenchmarkDefinitionError as e:
+                raise EvaluationError(str(e)) from None
+        return self._resolved
+
+    def _recorded_benchmark(self) -> Optional[Dict[str, Any]]:
+        """The pipeline's recorded benchmark: read from a local folder always, from the Hub only when needed."""
+        from ..pipelines import ExtDMPipeline
+
+        local = Path(self.pipeline, "model_index.json").is_file()
+        if self.benchmark is not None and not local:
+            return None
         try:
-            return get_benchmark(self.benchmark)
-        except KeyError as e:
-            raise EvaluationError(str(e.args[0] if e.args else e)) from e
+            return ExtDMPipeline.load_config(self.pipeline).get("benchmark")
+        except Exception as e:  # noqa: BLE001 - a missing folder or repo, a network error: name the argument
+            raise EvaluationError(f"--pipeline: cannot read the model_index.json of {self.pipeline!r} ({e}); pass "
+                                  "--benchmark or a pipeline folder") from None
 
     def protocol(self) -> EvaluationProtocol:
         """The registry's protocol with this config's overrides (the fields both name the same)."""

@@ -19,6 +19,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from ..data import load_video_dataset
 from ..file_io import atomic_write_text
 from ..pipelines import ExtDMPipeline
 from . import records
@@ -55,6 +56,21 @@ def _versions() -> Dict[str, str]:
             "numpy": np.__version__, "extdm_diffusers": __version__}
 
 
+def _check_clip_lengths(clips, data, protocol, dataset_dir: str) -> None:
+    """Every evaluated video holds the protocol's cond + pred frames: checked before any model loads, not at the
+    first short clip."""
+    from ..data.video_schema import NUM_FRAMES_COLUMN
+
+    needed = protocol.cond_frames + protocol.pred_frames
+    lengths = data[NUM_FRAMES_COLUMN]
+    short = sorted({clips.video_index(c) for c in range(len(clips)) if lengths[clips.video_index(c)] < needed})
+    if short:
+        raise EvaluationError(
+            f"--dataset_dir {dataset_dir}: {len(short)} of the evaluated videos have fewer than the {needed} frames of "
+            f"the benchmark's evaluation.cond_frames + evaluation.pred_frames ({protocol.cond_frames} + "
+            f"{protocol.pred_frames}; --pred_frames overrides the horizon), e.g. video {short[0]} has {lengths[short[0]]}")
+
+
 def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     """Run (or resume) the evaluation; returns the metrics on the main process (None on the others, or when
     ``max_videos`` stopped the run early)."""
@@ -72,10 +88,12 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
     # 1. The clips (first, so that a wrong dataset leaves nothing behind), then the run config: written once,
     # checked on every (re)start.
     try:
-        clips = bench.clip_dataset(config.dataset_dir, protocol.split, num_frames=protocol.cond_frames + protocol.pred_frames,
+        data = load_video_dataset(config.dataset_dir, protocol.split)
+        clips = bench.clip_dataset(data, protocol.split, num_frames=protocol.cond_frames + protocol.pred_frames,
                                    num_videos=protocol.num_videos)
     except (KeyError, FileNotFoundError) as e:
         raise EvaluationError(f"cannot read split {protocol.split!r} of {config.dataset_dir}: {e}") from e
+    _check_clip_lengths(clips, data, protocol, config.dataset_dir)
     with state.main_process_first():
         if state.is_main_process:
             records.start_run(out, settings)

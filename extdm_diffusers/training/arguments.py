@@ -22,7 +22,9 @@ class TrainingArgumentError(ValueError):
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both scripts take (same names as diffusers' training examples)."""
-    parser.add_argument("--benchmark", required=True, help="smmnist, kth, bair, cityscapes or ucf101 (the registry)")
+    parser.add_argument("--benchmark", required=True, metavar="NAME_OR_FILE",
+                        help="smmnist, kth, bair, cityscapes or ucf101 (the registry), or a .json/.yaml benchmark file "
+                             "(see extdm-benchmark show)")
     parser.add_argument("--dataset_dir", required=True, help="a dataset_builders/ output folder (save_to_disk) or a Hub dataset id")
     parser.add_argument("--output_dir", required=True, help="where the model, checkpoints and validation go")
     parser.add_argument("--model_config", default=None,
@@ -96,14 +98,16 @@ def check_common_arguments(args: argparse.Namespace) -> None:
                 ) from None
 
 
-def resolve_benchmark(name: str):
-    """``--benchmark``: the registry's ``Benchmark``."""
-    from ..benchmarks import get_benchmark
+def resolve_benchmark(name_or_path: str):
+    """``--benchmark``: the registry's ``Benchmark`` or a benchmark file's (``benchmarks.load_benchmark``), validated."""
+    from ..benchmarks import BenchmarkDefinitionError, load_benchmark
 
     try:
-        return get_benchmark(name)
+        return load_benchmark(name_or_path)
     except (KeyError, TypeError) as error:
         raise TrainingArgumentError(f"--benchmark: {error.args[0]}") from None
+    except BenchmarkDefinitionError as error:
+        raise TrainingArgumentError(f"--benchmark: {error}") from None
 
 
 def load_model_config(value: Optional[str]) -> Dict[str, Any]:

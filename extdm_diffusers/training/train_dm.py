@@ -156,7 +156,8 @@ class DenoiserTask(TrainingTask):
 
         frames = self.num_cond + self.num_pred
         what = f"a {self.num_cond}+{self.num_pred}-frame"
-        check_clip_lengths(train_data, frames, "train", f"{what} training clip")
+        window = "(--benchmark's train_cond_frames + train_pred_frames, or --model_config's num_cond_frames + num_pred_frames)"
+        check_clip_lengths(train_data, frames, "train", f"{what} training clip {window}")
         check_frame_shape(train_data, self.benchmark, self.flow_autoencoder.config.sample_size,
                           self.flow_autoencoder.config.num_channels, "--flow_autoencoder")
         if test_data is not None:
@@ -226,8 +227,11 @@ class DenoiserTask(TrainingTask):
         from ..pipelines import ExtDMPipeline
         from ..schedulers import ExtDMDDIMScheduler
 
+        # the benchmark as trained (the autoencoder's config, the denoiser's window) goes into model_index.json
+        recorded = self.benchmark.for_models(self.flow_autoencoder.config, unet.config)
         pipe = ExtDMPipeline(flow_autoencoder=self.flow_autoencoder, unet=unet,
-                             scheduler=ExtDMDDIMScheduler(prediction_type=self.args.prediction_type))
+                             scheduler=ExtDMDDIMScheduler(prediction_type=self.args.prediction_type),
+                             benchmark=recorded.to_dict())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
