@@ -127,7 +127,7 @@ def test_callback_can_replace_latents(reference_pipeline_factory):
         (torch.rand(1, 2, 3, 64, 64), {}, r"frames must be 32x32 .* got 64x64; resize them first"),
         (torch.rand(1, 2, 4, 32, 32), {}, r"`video` has 4 channels, the autoencoder expects 3"),
         (torch.rand(1, 2, 3, 32, 32) * 2, {}, r"`video` values must lie in \[0, 1\]"),
-        (torch.rand(2, 3, 32, 32), {}, r"`video` as a tensor must be \(B, T, C, H, W\)"),
+        (torch.rand(3, 32, 32), {}, r"`video` as a tensor must be \(T, C, H, W\) or \(B, T, C, H, W\)"),
         (torch.rand(1, 2, 3, 32, 32), {"latents": torch.zeros(1, 3, 4, 16, 16)}, r"`latents` must have shape \(1, 3, 5, 16, 16\)"),
         (torch.rand(1, 2, 3, 32, 32), {"output_type": "tensor"}, r"`output_type` must be 'pt', 'np', 'pil' or 'latent'"),
     ],

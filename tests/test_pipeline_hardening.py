@@ -122,12 +122,17 @@ def test_callback_sees_the_requested_tensors_and_steps_count_over_windows(traj_a
 
 
 def test_latent_output_is_the_predicted_motion(traj_ada):
+    """``"latent"``: the denoised motion in the denoiser's convention, (N, 3, T, h, w) like ``latents``; the
+    readable motion (occlusion in [0, 1]) stays ``motion``, and ``decode_latents`` gives the frames."""
     _, t, pipe = traj_ada
     kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"])
     decoded = pipe(conditioning_video(t), output_type="pt", return_motion=True, **kwargs)
     latent = pipe(conditioning_video(t), output_type="latent", **kwargs)
-    assert latent.frames.shape == (1, 5, 3, 16, 16)
-    torch.testing.assert_close(latent.frames, decoded.motion, rtol=0, atol=0)
+    assert latent.frames.shape == (1, 3, 5, 16, 16)
+    torch.testing.assert_close(latent.motion, decoded.motion, rtol=0, atol=0)
+    torch.testing.assert_close(pipe.motion_to_output(latent.frames), decoded.motion, rtol=0, atol=0)
+    torch.testing.assert_close(pipe.decode_latents(conditioning_video(t), latent.frames, output_type="pt"), decoded.frames,
+                               rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------ occlusion

@@ -149,7 +149,7 @@ def test_prepared_condition_gives_the_same_noise(case):
             torch.testing.assert_close(prepared, direct, rtol=0, atol=0)
         frames = model.num_observed if model.config.condition_feature_mode == "trajectory_attention" else model.num_feature_frames
         assert condition.conv_in_term.shape == (2, model.config.init_channels, frames, 16, 16)
-        assert len(condition.window_attention_bias) == 2 * len(model.down_blocks) + 1
+        assert len(condition.window_attention_mask) == 2 * len(model.down_blocks) + 1
         other = model.prepare_condition(t["inputs.cond_frames"][:1], t["inputs.cond_fea"][:1])
         with pytest.raises(ValueError, match="`condition` was prepared for other inputs"):
             call(model, t, condition=other)

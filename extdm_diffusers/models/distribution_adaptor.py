@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, conv_frames
+from .unet_blocks import ChannelLayerNorm, FrameConv3d
 
 
 def adaptor_depth(num_observed: int, num_future: int, num_layers: Optional[int] = None) -> Tuple[int, int]:
@@ -35,10 +35,10 @@ class DistributionExtrapolator(nn.Module):
         super().__init__()
         self.eps = eps
         self.predictor_norm = ChannelLayerNorm(channels)
-        self.predictor = nn.Conv3d(channels, channels, 1)
+        self.predictor = FrameConv3d(channels, channels, 1)
         padding = tuple(k // 2 for k in kernel_size)
         self.extrapolators = nn.ModuleList(
-            nn.Conv3d(channels, channels, tuple(kernel_size), padding=padding, bias=False) for _ in range(num_layers)
+            FrameConv3d(channels, channels, tuple(kernel_size), padding=padding, bias=False) for _ in range(num_layers)
         )
         if zero_init:  # start as an identity extrapolation
             for conv in self.extrapolators:
@@ -46,7 +46,7 @@ class DistributionExtrapolator(nn.Module):
 
     def forward(self, observed: torch.Tensor) -> torch.Tensor:
         num_observed = observed.shape[2]
-        x = observed + conv_frames(self.predictor, self.predictor_norm(observed))
+        x = observed + self.predictor(self.predictor_norm(observed))
         for conv in self.extrapolators:
             # per (sample, channel), unbiased as the original; two passes of plain reductions, which the CPU
             # runs far faster than torch.var_mean over these axes (docs/performance.md)
@@ -55,7 +55,7 @@ class DistributionExtrapolator(nn.Module):
             var = centered.square().sum(dim=(2, 3, 4), keepdim=True) / (x.shape[2:].numel() - 1)
             std = (var + self.eps).sqrt()
             normalised = centered / std
-            extrapolated = (normalised + conv_frames(conv, normalised)) * std + mean
+            extrapolated = (normalised + conv(normalised)) * std + mean
             x = torch.cat([x, extrapolated], dim=2)
         return x[:, :, num_observed:]
 
@@ -80,7 +80,7 @@ class DistributionAdaptor(nn.Module):
         self.extrapolator = DistributionExtrapolator(channels, num_layers, kernel_size, zero_init)
         self.temporal_modulator = nn.Conv2d(channels * num_extrapolated, channels * num_future, 1)
         self.fuser_norm = ChannelLayerNorm(channels * 2)
-        self.fuser = nn.Conv3d(channels * 2, channels, 1)
+        self.fuser = FrameConv3d(channels * 2, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         observed, future = x[:, :, : self.num_observed], x[:, :, self.num_observed :]
@@ -88,5 +88,5 @@ class DistributionAdaptor(nn.Module):
         modulated = self.temporal_modulator(rearrange(extrapolated, "b c t h w -> b (t c) h w"))
         modulated = rearrange(modulated, "b (t c) h w -> b c t h w", t=self.num_future)
         fused = torch.cat([modulated, future], dim=1)
-        future = conv_frames(self.fuser, self.fuser_norm(fused)) + future
+        future = self.fuser(self.fuser_norm(fused)) + future
         return torch.cat([observed, future], dim=2)

@@ -16,11 +16,11 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..config_utils import deep_merge
 from .background_motion_predictor import BackgroundMotionPredictor
 from .frame_generator import FrameGenerator
+from .offload_hooks import apply_offload_hooks
 from .pixelwise_flow_predictor import PixelwiseFlowPredictor
 from .region_predictor import RegionParams, RegionPredictor
 
@@ -104,7 +104,9 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
     nested ``*_params`` dicts are merged over the defaults above, so a partial dict is enough.
     ``sample_size``: the frame size it was trained on (``dataset_params.frame_shape``), checked by the pipeline."""
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
+    # what device_map="auto" keeps on one device: the four networks, whose outputs are all the others read
+    _no_split_modules = ["RegionPredictor", "BackgroundMotionPredictor", "FrameGenerator", "PixelwiseFlowPredictor"]
 
     @register_to_config
     def __init__(
@@ -141,6 +143,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         self.pixelwise_flow_predictor = PixelwiseFlowPredictor(
             num_regions=num_regions, num_channels=num_channels, revert_axis_swap=revert_axis_swap, **flow_params
         )
+        self.gradient_checkpointing = False
         self.motion_scale_factor = float(flow_params.get("scale_factor", 1.0))
         self.feature_scale_factor = 1.0 / 2 ** generator_params["num_down_blocks"]
 
@@ -181,6 +184,13 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         if len(set(values.values())) > 1:
             raise ValueError(f"{what} of {', '.join(f'`{n}`' for n in values)} must match, got {values}")
 
+    def _run(self, network, *args):
+        """``network(*args)``; under gradient checkpointing its activations are recomputed in the backward pass
+        instead of kept (each of the four networks, and the generator's encoder and decoder, is one unit)."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(network, *args)
+        return network(*args)
+
     # -- public API ----------------------------------------------------------------------------------------
     def forward(self, source: torch.Tensor, driving: torch.Tensor, return_dict: bool = True):
         """Reconstruct ``driving`` (B, C, H, W) as a warp of ``source`` (B, C, H, W), images in [0, 1]."""
@@ -189,13 +199,13 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         self._check_same("batch size", source=source.shape[0], driving=driving.shape[0])
         self._check_same("frame size", source=tuple(source.shape[-2:]), driving=tuple(driving.shape[-2:]))
 
-        source_regions = self.region_predictor(source)
-        driving_regions = self.region_predictor(driving)
-        background = self.bg_predictor(source, driving)
-        motion = self.pixelwise_flow_predictor(source, driving_regions, source_regions, background)
+        source_regions = self._run(self.region_predictor, source)
+        driving_regions = self._run(self.region_predictor, driving)
+        background = self._run(self.bg_predictor, source, driving)
+        motion = self._run(self.pixelwise_flow_predictor, source, driving_regions, source_regions, background)
         flow_grid, occlusion = motion.optical_flow, motion.occlusion_map
-        source_features = self.generator.encode(source)
-        prediction, deformed = self.generator.decode(source, source_features, flow_grid, occlusion)
+        source_features = self._run(self.generator.encode, source)
+        prediction, deformed = self._run(self.generator.decode, source, source_features, flow_grid, occlusion)
         output = FlowAutoencoderOutput(
             prediction=prediction,
             deformed=deformed,
@@ -208,7 +218,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         )
         return output if return_dict else output.to_tuple()
 
-    @apply_forward_hook
+    @apply_offload_hooks
     def encode(self, frames: torch.Tensor, reference: torch.Tensor, return_dict: bool = True):
         """Motion of every frame of ``frames`` (B, T, C, H, W) relative to ``reference`` (B, C, H, W), and the
         bottleneck features of every frame: all frames go through the networks as one batch."""
@@ -219,13 +229,13 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         b, t = frames.shape[:2]
         flat = frames.reshape(b * t, *frames.shape[2:])
 
-        source_regions = self.region_predictor(reference).repeat_interleave(t)
-        driving_regions = self.region_predictor(flat)
-        background = self.bg_predictor(reference.repeat_interleave(t, dim=0), flat)
-        motion = self.pixelwise_flow_predictor(reference, driving_regions, source_regions, background, source_repeats=t)
+        source_regions = self._run(self.region_predictor, reference).repeat_interleave(t)
+        driving_regions = self._run(self.region_predictor, flat)
+        background = self._run(self.bg_predictor, reference.repeat_interleave(t, dim=0), flat)
+        motion = self._run(self.pixelwise_flow_predictor, reference, driving_regions, source_regions, background, t)
         flow = motion.optical_flow.permute(0, 3, 1, 2)
         occlusion = motion.occlusion_map
-        features = self.generator.encode(flat)[-1]
+        features = self._run(self.generator.encode, flat)[-1]
         output = FlowAutoencoderEncoderOutput(
             optical_flow=flow.reshape(b, t, *flow.shape[1:]),
             occlusion_map=None if occlusion is None else occlusion.reshape(b, t, *occlusion.shape[1:]),
@@ -233,7 +243,7 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         )
         return output if return_dict else output.to_tuple()
 
-    @apply_forward_hook
+    @apply_offload_hooks
     def decode(
         self,
         source: torch.Tensor,
@@ -265,8 +275,8 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         t = optical_flow.shape[1] if per_frame else 1
         flow = optical_flow.reshape(-1, *optical_flow.shape[-3:]).permute(0, 2, 3, 1)
         occlusion = None if occlusion_map is None else occlusion_map.reshape(-1, *occlusion_map.shape[-3:])
-        features = [f.repeat_interleave(t, dim=0) for f in self.generator.encode(source)]
-        sample, deformed = self.generator.decode(source.repeat_interleave(t, dim=0), features, flow, occlusion)
+        features = [f.repeat_interleave(t, dim=0) for f in self._run(self.generator.encode, source)]
+        sample, deformed = self._run(self.generator.decode, source.repeat_interleave(t, dim=0), features, flow, occlusion)
         if per_frame:
             sample = sample.reshape(source.shape[0], t, *sample.shape[1:])
             deformed = deformed.reshape(source.shape[0], t, *deformed.shape[1:])

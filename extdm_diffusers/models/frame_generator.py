@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from .autoencoder_blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
@@ -47,6 +48,7 @@ class FrameGenerator(nn.Module):
         self.skips = skips
         self.feature_channels = width(num_down_blocks)
 
+    @apply_forward_hook  # an accelerate hook on the generator (device_map, offloading) wraps `forward` only
     def encode(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Features of every encoder level, the bottleneck input last."""
         features = [self.first(image)]
@@ -67,6 +69,7 @@ class FrameGenerator(nn.Module):
             return warped * occlusion
         return warped * occlusion + previous * (1 - occlusion)
 
+    @apply_forward_hook
     def decode(
         self,
         source_image: torch.Tensor,

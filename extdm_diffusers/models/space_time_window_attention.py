@@ -4,7 +4,6 @@ shifted by half their size (with the Swin attention mask)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed, tensor_cache
 
 Size3 = Tuple[int, int, int]
 
@@ -35,7 +34,7 @@ def merge_windows(windows: torch.Tensor, window: Size3, b: int, d: int, h: int, 
                      h=h // window[1], w=w // window[2], wd=window[0], wh=window[1], ww=window[2])
 
 
-@lru_cache(maxsize=64)
+@tensor_cache
 def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3, device: torch.device) -> torch.Tensor:
     """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought together.
     Cached per device, so that denoising steps do not copy it to the accelerator again."""
@@ -52,7 +51,7 @@ def _shifted_window_mask(d: int, h: int, w: int, window: Size3, shift: Size3, de
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
 
 
-@lru_cache(maxsize=64)
+@tensor_cache
 def _window_token_indices(size: Size3, padded: Size3, window: Size3, shift: Size3, device: torch.device):
     """Token gathers that fuse the cyclic shift and the window partition (and undo them, cropping the padding).
 
@@ -114,23 +113,28 @@ class SpaceTimeWindowAttention(nn.Module):
         shifted = any(s > 0 for s in shift)
         return window, shift if shifted else (0, 0, 0), padded, (*padded, window, shift) if shifted else None
 
-    def attention_bias(self, size: Size3, batch: int, device, dtype) -> torch.Tensor:
-        """Relative position bias plus (for shifted windows) the shift mask, as SDPA's additive ``attn_mask`` for
-        ``batch`` inputs of (d, h, w) ``size``: (1, heads, N, N), or (B * nW, heads, N, N) with the mask. It
-        does not change across denoising steps: ``ExtDMUNet3DModel.prepare_condition`` builds it once per window."""
-        window, _, padded, mask_key = self._geometry(tuple(size))
-        n = window[0] * window[1] * window[2]
+    def attention_mask(self, size: Size3, batch: int, device, dtype) -> Optional[torch.Tensor]:
+        """For shifted windows, the Swin shift mask of ``batch`` inputs of (d, h, w) ``size``, as (B * nW, 1, N, N)
+        additive terms; else None. It holds no parameters and does not change across denoising steps:
+        ``ExtDMUNet3DModel.prepare_condition`` builds it once per window."""
+        _, _, _, mask_key = self._geometry(tuple(size))
+        if mask_key is None:
+            return None
+        mask = _shifted_window_mask(*mask_key, torch.device(device))  # (nW, N, N)
+        return mask.to(dtype).unsqueeze(1).repeat(batch, 1, 1, 1)
+
+    def relative_position_bias(self, n: int) -> torch.Tensor:
+        """(1, heads, N, N) learned bias of an N-token window. Read in ``forward`` (a gather of heads * N * N
+        values), so that hooks on this module see its table."""
         # The original slices the full window's index table even for smaller (clipped) windows; so do we.
         index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].view(n, n, self.heads).permute(2, 0, 1)  # (heads, N, N)
-        if mask_key is None:
-            return bias.unsqueeze(0).to(dtype)
-        mask = _shifted_window_mask(*mask_key, torch.device(device))  # (nW, N, N)
-        return (bias.unsqueeze(0) + mask.unsqueeze(1)).to(dtype).repeat(batch, 1, 1, 1)
+        # contiguous (heads, N, N): the sum with the shift mask, and SDPA's reads of it, then run over plain memory
+        return self.relative_position_bias_table[index].view(n, n, self.heads).permute(2, 0, 1).contiguous().unsqueeze(0)
 
-    def _attend(self, windows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _attend(self, windows: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``). q, k and
-        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass."""
+        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass.
+        ``bias`` (1, heads, N, N) and the shift ``mask`` (B * nW, 1, N, N) are summed per chunk, in cache."""
         bw, n, _ = windows.shape
 
         def attend(start: int, stop: int) -> torch.Tensor:
@@ -140,26 +144,27 @@ class SpaceTimeWindowAttention(nn.Module):
             if self.rotary_emb is not None:
                 qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
             q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-            chunk_bias = bias[start:stop] if bias.shape[0] > 1 else bias  # the shift mask is per window
+            chunk_bias = bias if mask is None else bias + mask[start:stop]  # the shift mask is per window
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk_bias.to(q.dtype), scale=self.head_dim**-0.5)
             return self.to_out(out.transpose(1, 2).reshape(stop - start, n, -1))
 
         return in_chunks(attend, bw, attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens))
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``bias``: ``attention_bias`` for this input, built once per window; ``None`` builds it here."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask``: ``attention_mask`` for this input, built once per window; ``None`` builds it here."""
         b, c, d, h, w = x.shape
-        window, shift, padded, _ = self._geometry((d, h, w))
-        if bias is None:
-            bias = self.attention_bias((d, h, w), b, x.device, x.dtype)
+        window, shift, padded, mask_key = self._geometry((d, h, w))
+        n = window[0] * window[1] * window[2]
+        if mask is None and mask_key is not None:
+            mask = self.attention_mask((d, h, w), b, x.device, x.dtype)
+        bias = self.relative_position_bias(n)
         # channels-last once; the layer norm over channels is then a plain F.layer_norm
-        y = F.layer_norm(rearrange(x, "b c d h w -> b d h w c"), (c,), self.norm.weight, None, self.norm.eps)
+        y = self.norm(rearrange(x, "b c d h w -> b d h w c"), channels_last=True)
         pads = [p - s for p, s in zip(padded, (d, h, w))]
         if any(pads):
             y = F.pad(y, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         to_windows, from_windows = _window_token_indices((d, h, w), padded, window, shift, x.device)
-        n = window[0] * window[1] * window[2]
         windows = y.view(b, -1, c).index_select(1, to_windows).view(-1, n, c)
-        out = self._attend(windows, bias)
+        out = self._attend(windows, bias, mask)
         out = out.view(b, -1, c).index_select(1, from_windows)
         return x + rearrange(out, "b (d h w) c -> b c d h w", d=d, h=h, w=w)

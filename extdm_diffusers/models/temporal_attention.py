@@ -77,7 +77,7 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor, position_bias: Optional[torch.Tensor]) -> torch.Tensor:
         b, c, t, h, w = x.shape
         # one copy into (sequence, time, channel) order; q, k and v stay strided views of the projection
-        y = F.layer_norm(rearrange(x, "b c t h w -> (b h w) t c"), (c,), self.channel_norm.weight, None, self.channel_norm.eps)
+        y = self.channel_norm(rearrange(x, "b c t h w -> (b h w) t c"), channels_last=True)
         step = attention_chunk_size(b * h * w, t, self.heads * self.head_dim, y, self.chunk_tokens)
         out = in_chunks(lambda start, stop: self._attend(y[start:stop], position_bias), b * h * w, step)
         return x + rearrange(out, "(b h w) t c -> b c t h w", b=b, h=h, w=w)

@@ -18,15 +18,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from .distribution_adaptor import DistributionAdaptor, adaptor_depth
+from .offload_hooks import apply_offload_hooks
 from .space_time_window_attention import SpaceTimeWindowAttention
 from .temporal_attention import RelativePositionBias, TemporalAttention
 from .trajectory_attention import TrajectoryCrossAttention
 from .unet_blocks import (
-    Downsample3D, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D, check_chunk_tokens, conv_frames,
+    Downsample3D, FrameConv3d, OutputHead, ResnetBlock3D, RotaryEmbedding, Upsample3D, check_chunk_tokens,
 )
 
 MOTION_CHANNELS = 3  # flow x, flow y, occlusion
@@ -54,13 +54,15 @@ class ExtDMUNet3DCondition:
         ``"trajectory_attention"``: conv_in's whole output over the M observed frames, (B, init_channels, M, h, w)
         (only the future frames' features depend on the noisy sample there).
     position_bias: (heads, M + P, M + P) the temporal attention's relative position bias.
-    window_attention_bias: per block (down blocks, middle block, up blocks) the additive attention bias of its
-        two window attention layers (see ``SpaceTimeWindowAttention.attention_bias``).
+    window_attention_mask: per block (down blocks, middle block, up blocks) the shift masks of its two window
+        attention layers, None where a layer's windows are not shifted (see
+        ``SpaceTimeWindowAttention.attention_mask``). Parameter-free: the layers add their learned bias in
+        ``forward``, where offloading and casting hooks see it.
     """
 
     conv_in_term: torch.Tensor
     position_bias: torch.Tensor
-    window_attention_bias: Tuple[Tuple[torch.Tensor, torch.Tensor], ...]
+    window_attention_mask: Tuple[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]], ...]
 
 
 class ExtDMBlock3D(nn.Module):
@@ -98,24 +100,24 @@ class ExtDMBlock3D(nn.Module):
         self.layout = layout
         self.is_middle = is_middle
 
-    def window_attention_bias(self, size: Tuple[int, int, int], batch: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The two window attention layers' biases for inputs of (frames, height, width) ``size``."""
-        return tuple(attention.attention_bias(size, batch, device, dtype)
+    def window_attention_mask(self, size: Tuple[int, int, int], batch: int, device, dtype) -> Tuple[Optional[torch.Tensor], ...]:
+        """The two window attention layers' shift masks for inputs of (frames, height, width) ``size``."""
+        return tuple(attention.attention_mask(size, batch, device, dtype)
                      for attention in (self.window_attention1, self.window_attention2))
 
     def forward(
         self, x: torch.Tensor, temb: torch.Tensor, position_bias: torch.Tensor,
-        window_bias: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        window_mask: Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
     ) -> torch.Tensor:
-        bias1, bias2 = (None, None) if window_bias is None else window_bias
+        mask1, mask2 = (None, None) if window_mask is None else window_mask
         if self.layout == "interleaved":
-            x = self.window_attention1(self.resnet1(x, temb), bias1)
-            x = self.window_attention2(self.resnet2(x, temb), bias2)
+            x = self.window_attention1(self.resnet1(x, temb), mask1)
+            x = self.window_attention2(self.resnet2(x, temb), mask2)
         elif self.is_middle:
-            x = self.window_attention2(self.window_attention1(self.resnet1(x, temb), bias1), bias2)
+            x = self.window_attention2(self.window_attention1(self.resnet1(x, temb), mask1), mask2)
         else:
             x = self.resnet2(self.resnet1(x, temb), temb)
-            x = self.window_attention2(self.window_attention1(x, bias1), bias2)
+            x = self.window_attention2(self.window_attention1(x, mask1), mask2)
         if self.adaptor is not None:
             x = self.adaptor(x)
         if self.layout == "grouped" and self.is_middle:
@@ -155,6 +157,14 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # what device_map="auto" keeps on one device: each block reads its inputs and skip tensors as a whole
+    _no_split_modules = [
+        "ExtDMBlock3D", "TemporalAttention", "TrajectoryCrossAttention", "DistributionAdaptor", "OutputHead",
+        "ResnetBlock3D", "Downsample3D", "Upsample3D",
+    ]
+    # layerwise casting keeps these in the compute dtype, beside the norms (diffusers' default): the temporal
+    # attention's learned position bias, an embedding table that fp8 storage would round to 3 mantissa bits
+    _skip_layerwise_casting_patterns = ["norm", "time_position_bias"]
 
     @register_to_config
     def __init__(
@@ -231,7 +241,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         # condition path
         motion_width = motion_embedding_channels or MOTION_CHANNELS
         if motion_embedding_channels is not None:
-            self.motion_embedding = nn.Conv3d(
+            self.motion_embedding = FrameConv3d(
                 MOTION_CHANNELS, motion_embedding_channels, (1, init_kernel_size, init_kernel_size),
                 padding=(0, init_kernel_size // 2, init_kernel_size // 2),
             )
@@ -241,7 +251,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             self.condition_adaptor = make_adaptor(cond_feature_channels)
             self.condition_temporal_attention = TemporalAttention(cond_feature_channels, attention_heads, attention_head_dim, rotary)
 
-        self.conv_in = nn.Conv3d(
+        self.conv_in = FrameConv3d(
             motion_width + cond_feature_channels, init_channels, (1, init_kernel_size, init_kernel_size),
             padding=(0, init_kernel_size // 2, init_kernel_size // 2),
         )
@@ -321,7 +331,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
 
     def _embed_motion(self, motion: torch.Tensor) -> torch.Tensor:
         motion = motion.contiguous(memory_format=CHANNELS_LAST)
-        return motion if self.config.motion_embedding_channels is None else conv_frames(self.motion_embedding, motion)
+        return motion if self.config.motion_embedding_channels is None else self.motion_embedding(motion)
 
     def _condition_terms(
         self, cond_motion: torch.Tensor, cond_features: torch.Tensor, dtype: torch.dtype
@@ -333,10 +343,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         if self.config.condition_feature_mode == "trajectory_attention":
             motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
             observed_features = self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST)
-            return conv_frames(self.conv_in, torch.cat([motion, observed_features], dim=1)), position_bias
+            return self.conv_in(torch.cat([motion, observed_features], dim=1)), position_bias
         features = self._prepare_features(features, size, position_bias)
         motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
-        return conv_frames(self.conv_in, features, weight=self.conv_in.weight[:, motion_width:]), position_bias
+        return self.conv_in(features, input_channels=slice(motion_width, None)), position_bias
 
     def _block_sizes(self, motion_size) -> List[Tuple[int, int, int]]:
         """(frames, h, w) at which each block runs: the down blocks, the middle block, the up blocks."""
@@ -348,7 +358,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
                 h, w = downsample.output_size((h, w))
         return down + [down[-1]] + down[::-1]
 
-    @apply_forward_hook  # moves the model where `enable_model_cpu_offload` runs it, before its first use
+    @apply_offload_hooks  # moves the model where `enable_model_cpu_offload` runs it, before its first use
     def prepare_condition(self, cond_motion: torch.Tensor, cond_features: torch.Tensor) -> ExtDMUNet3DCondition:
         """Everything ``forward`` computes from ``cond_motion`` and ``cond_features`` alone, in ``cond_motion``'s
         dtype. A pipeline calls it once per window and passes the result, with these same tensors, to every
@@ -362,9 +372,9 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         batch, device, dtype = cond_motion.shape[0], cond_motion.device, cond_motion.dtype
         conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
         blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
-        window_bias = tuple(block.window_attention_bias(size, batch, device, dtype)
+        window_mask = tuple(block.window_attention_mask(size, batch, device, dtype)
                             for block, size in zip(blocks, self._block_sizes(cond_motion.shape[-2:])))
-        return ExtDMUNet3DCondition(conv_in_term=conv_in_term, position_bias=position_bias, window_attention_bias=window_bias)
+        return ExtDMUNet3DCondition(conv_in_term=conv_in_term, position_bias=position_bias, window_attention_mask=window_mask)
 
     def _check_condition(self, condition: ExtDMUNet3DCondition, sample: torch.Tensor) -> None:
         if not isinstance(condition, ExtDMUNet3DCondition):
@@ -426,32 +436,32 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             # the condition joins the noisy sample (trajectory mode) or the motion of all frames in their dtype
             dtype = sample.dtype if trajectory else torch.promote_types(cond_motion.dtype, sample.dtype)
             conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
-            window_bias = (None,) * (len(self.down_blocks) + 1 + len(self.up_blocks))  # each layer builds its own
+            window_mask = (None,) * (len(self.down_blocks) + 1 + len(self.up_blocks))  # each layer builds its own
         else:
             self._check_condition(condition, sample)
-            conv_in_term, position_bias, window_bias = condition.conv_in_term, condition.position_bias, condition.window_attention_bias
+            conv_in_term, position_bias, window_mask = condition.conv_in_term, condition.position_bias, condition.window_attention_mask
         if trajectory:
             future_motion = self._embed_motion(sample)
             features = self.trajectory_attention(future_motion, cond_features.to(sample.dtype))
             features = self._resize_features(features, sample.shape[-2:]).contiguous(memory_format=CHANNELS_LAST)
-            future = conv_frames(self.conv_in, torch.cat([future_motion, features], dim=1))
+            future = self.conv_in(torch.cat([future_motion, features], dim=1))
             x = torch.cat([conv_in_term, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
         else:
             motion = self._embed_motion(torch.cat([cond_motion[:, :, :num_observed], sample], dim=2))
-            x = conv_frames(self.conv_in, motion, weight=self.conv_in.weight[:, : motion.shape[1]], use_bias=False) + conv_in_term
+            x = self.conv_in(motion, input_channels=slice(0, motion.shape[1]), add_bias=False) + conv_in_term
         initial = x
         x = self.temporal_attention_in(x, position_bias)
         temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))
 
         num_down = len(self.down_blocks)
         skips = []
-        for block, downsample, bias in zip(self.down_blocks, self.downsamplers, window_bias[:num_down]):
-            x = self._run(block, x, temb, position_bias, bias)
+        for block, downsample, mask in zip(self.down_blocks, self.downsamplers, window_mask[:num_down]):
+            x = self._run(block, x, temb, position_bias, mask)
             skips.append(x)
             x = downsample(x)
-        x = self._run(self.mid_block, x, temb, position_bias, window_bias[num_down])
-        for block, upsample, bias in zip(self.up_blocks, self.upsamplers, window_bias[num_down + 1 :]):
-            x = self._run(block, torch.cat([x, skips.pop()], dim=1), temb, position_bias, bias)
+        x = self._run(self.mid_block, x, temb, position_bias, window_mask[num_down])
+        for block, upsample, mask in zip(self.up_blocks, self.upsamplers, window_mask[num_down + 1 :]):
+            x = self._run(block, torch.cat([x, skips.pop()], dim=1), temb, position_bias, mask)
             x = upsample(x)
 
         x = torch.cat([x, initial], dim=1)

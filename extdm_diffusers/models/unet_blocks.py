@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import functools
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+
+def tensor_cache(function: Callable) -> Callable:
+    """``functools.lru_cache(maxsize=64)`` for pure functions that build constant tensors (rotations, masks,
+    gather indices). Tracing (torch.compile, torch.export) bypasses the cache and traces the function: a cache
+    filled with a trace's fake tensors would leak them into later calls. The tensors are built outside
+    inference mode, so that one cached under ``torch.inference_mode()`` still serves autograd later."""
+    cached = functools.lru_cache(maxsize=64)(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        with torch.inference_mode(False):
+            return cached(*args, **kwargs)
+
+    wrapper.cache_clear = cached.cache_clear
+    return wrapper
 
 
 def inplace_allowed() -> bool:
@@ -26,7 +44,11 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``channels_last``: ``x`` has its channels on the last axis (an attention layer's (..., C) tokens) and
+        the output keeps them there."""
+        if channels_last:
+            return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
         # F.layer_norm over the channels moved last: the same (x - mean) / sqrt(var + eps) * weight, in one fused
         # kernel instead of torch.var_mean's strided reduction over dim 1 (docs/performance.md), and a free view
         # for the U-Net's channels-last tensors
@@ -105,8 +127,9 @@ class RotaryEmbedding(nn.Module):
             raise ValueError("`seq_dim` must be negative")
         rotation = rotary_rotation(self.dim, self.theta, n, x.device, x.dtype)
         head, rest = x[..., : self.dim], x[..., self.dim :]
-        # torch.compile takes the real-arithmetic path: inductor does not generate code for complex tensors
-        if len(rotation) == 1 and _complex_viewable(head) and not torch.compiler.is_compiling():
+        # torch.compile takes the real-arithmetic path: inductor does not generate code for complex tensors, and
+        # the layout check reads storage_offset(), which tracing cannot (so it is asked after is_compiling)
+        if len(rotation) == 1 and not torch.compiler.is_compiling() and _complex_viewable(head):
             pairs = torch.view_as_complex(head.unflatten(-1, (-1, 2)))
             if inplace:
                 pairs.mul_(rotation[0][expand])
@@ -139,7 +162,7 @@ def rotary_angles(dim: int, theta: float, seq_len: int, device: torch.device) ->
     return (positions[:, None] * rotary_frequencies(dim, theta).to(device)[None, :]).repeat_interleave(2, dim=-1)
 
 
-@lru_cache(maxsize=64)  # a pure function of its arguments, called by every attention layer at every step
+@tensor_cache  # a pure function of its arguments, called by every attention layer at every step
 def rotary_rotation(dim: int, theta: float, seq_len: int, device: torch.device, dtype: torch.dtype,
                     real: bool = False) -> Tuple[torch.Tensor, ...]:
     """(N, dim / 2) complex rotations for float32 / float64 (unless ``real``), else (N, dim) cos and sin in
@@ -156,22 +179,38 @@ def _complex_viewable(x: torch.Tensor) -> bool:
             and all(s % 2 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1))
 
 
-def conv_frames(conv: nn.Conv3d, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                use_bias: bool = True) -> torch.Tensor:
-    """``conv(x)`` for a Conv3d with a (1, k, k) kernel, computed as one Conv2d over all frames when ``x`` is
-    channels-last: the (B * T, C, H, W) view of (B, T, H, W, C) memory is free, and 2D convolutions are
-    better tuned than 3D ones. Any other convolution or layout: a plain 3D convolution. ``weight`` / ``bias``
-    replace the module's (e.g. a slice of its input channels); ``use_bias=False`` leaves the bias out."""
-    weight = conv.weight if weight is None else weight
-    bias = (conv.bias if bias is None else bias) if use_bias else None
-    if (conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0 or conv.dilation[0] != 1
-            or conv.padding_mode != "zeros" or not x.is_contiguous(memory_format=torch.channels_last_3d)):
-        if weight is conv.weight and (bias is conv.bias):
-            return conv(x)
-        return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    y = F.conv2d(rearrange(x, "b c t h w -> (b t) c h w"), weight.squeeze(2), bias,
-                 conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
-    return rearrange(y, "(b t) c h w -> b c t h w", b=x.shape[0])
+class FrameConv3d(nn.Conv3d):
+    """A Conv3d that runs a (1, k, k) kernel over channels-last input as one Conv2d over all frames: the
+    (B * T, C, H, W) view of (B, T, H, W, C) memory is free, and 2D convolutions are better tuned than 3D ones.
+    Any other kernel or layout: the plain 3D convolution. The fast path lives in ``forward``, so that hooks on
+    the module (diffusers' layerwise casting and group offloading, accelerate's offloading) see every use of
+    its weights; the parameters are a Conv3d's, so checkpoints load unchanged.
+
+    ``forward(x, input_channels=slice(a, b), add_bias=False)`` applies only the weights of input channels
+    ``a:b`` to ``x`` (which then holds those channels), without the bias: conv_in splits its linear input so."""
+
+    def forward(self, x: torch.Tensor, input_channels: Optional[slice] = None, add_bias: bool = True) -> torch.Tensor:
+        weight = self.weight if input_channels is None else self.weight[:, input_channels]
+        bias = self.bias if add_bias else None
+        if (self.kernel_size[0] != 1 or self.stride[0] != 1 or self.padding[0] != 0 or self.dilation[0] != 1
+                or self.padding_mode != "zeros" or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+            return self._conv_forward(x, weight, bias)
+        y = F.conv2d(rearrange(x, "b c t h w -> (b t) c h w"), weight.squeeze(2), bias,
+                     self.stride[1:], self.padding[1:], self.dilation[1:], self.groups)
+        return rearrange(y, "(b t) c h w -> b c t h w", b=x.shape[0])
+
+
+class ScaleShiftGroupNorm(nn.GroupNorm):
+    """GroupNorm that can also apply a per-(sample, channel) ``scale`` and ``shift`` (the time embedding's):
+    ``norm(x) * (scale + 1) + shift``, with the norm's affine and the modulation folded into one multiply-add
+    on the unscaled normalised activations. Inside ``forward``, so hooks on the module see its weights."""
+
+    def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if scale is None:
+            return super().forward(x)
+        weight, bias = self.weight[:, None, None, None], self.bias[:, None, None, None]
+        h = F.group_norm(x, self.num_groups, None, None, self.eps)
+        return torch.addcmul(bias * (scale + 1) + shift, h, weight * (scale + 1))
 
 
 class ResnetBlock3D(nn.Module):
@@ -181,28 +220,23 @@ class ResnetBlock3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_channels: Optional[int] = None, groups: int = 8):
         super().__init__()
         self.time_emb_proj = nn.Linear(temb_channels, out_channels * 2) if temb_channels is not None else None
-        self.conv1 = nn.Conv3d(in_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
-        self.norm1 = nn.GroupNorm(groups, out_channels)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.conv1 = FrameConv3d(in_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.norm1 = ScaleShiftGroupNorm(groups, out_channels)
+        self.conv2 = FrameConv3d(out_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
         self.norm2 = nn.GroupNorm(groups, out_channels)
-        self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv_shortcut = FrameConv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
         inplace = inplace_allowed()
-        h = conv_frames(self.conv1, x)
+        h = self.conv1(x)
         if self.time_emb_proj is not None:
-            # norm's affine, then the time embedding's scale and shift, folded into one per-(sample, channel)
-            # multiply-add on the unscaled normalised activations
             scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
-            weight = self.norm1.weight[:, None, None, None]
-            bias = self.norm1.bias[:, None, None, None]
-            h = F.group_norm(h, self.norm1.num_groups, None, None, self.norm1.eps)
-            h = torch.addcmul(bias * (scale + 1) + shift, h, weight * (scale + 1))
+            h = self.norm1(h, scale, shift)
         else:
             h = self.norm1(h)
         h = F.silu(h, inplace=inplace)
-        h = F.silu(self.norm2(conv_frames(self.conv2, h)), inplace=inplace)
-        shortcut = x if isinstance(self.conv_shortcut, nn.Identity) else conv_frames(self.conv_shortcut, x)
+        h = F.silu(self.norm2(self.conv2(h)), inplace=inplace)
+        shortcut = self.conv_shortcut(x)
         return h.add_(shortcut) if inplace else h + shortcut
 
 
@@ -211,14 +245,14 @@ class Downsample3D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+        self.conv = FrameConv3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """(h, w) of the output for an input of (h, w) ``size``."""
         return tuple((s + 2 * p - k) // st + 1 for s, p, k, st in zip(size, self.conv.padding[1:], self.conv.kernel_size[1:], self.conv.stride[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_frames(self.conv, x)
+        return self.conv(x)
 
 
 class Upsample3D(nn.Module):
@@ -230,11 +264,11 @@ class Upsample3D(nn.Module):
         if use_deconv:
             self.conv = nn.ConvTranspose3d(channels, channels, (1, 4, 4), (1, 2, 2), (0, 1, 1))
         else:
-            self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), padding_mode=padding_mode)
+            self.conv = FrameConv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_deconv:
-            return conv_frames(self.conv, F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+            return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
         return self.conv(x)
 
 
@@ -244,7 +278,7 @@ class OutputHead(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, groups: int = 8):
         super().__init__()
         self.resnet = ResnetBlock3D(in_channels, hidden_channels, groups=groups)
-        self.conv = nn.Conv3d(hidden_channels, out_channels, 1)
+        self.conv = FrameConv3d(hidden_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_frames(self.conv, self.resnet(x))
+        return self.conv(self.resnet(x))

@@ -12,7 +12,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import PIL.Image
@@ -25,7 +25,11 @@ from diffusers.video_processor import VideoProcessor
 from ..models.flow_autoencoder import FlowAutoencoder
 from ..models.unet_3d_extdm import ExtDMUNet3DModel
 
-VideoInput = Union[torch.Tensor, np.ndarray, List[PIL.Image.Image], List[List[PIL.Image.Image]]]
+if TYPE_CHECKING:
+    from ..benchmarks import Benchmark
+
+# every form diffusers' `VideoProcessor.preprocess_video` takes
+VideoInput = Union[torch.Tensor, np.ndarray, List[PIL.Image.Image], List[List[PIL.Image.Image]], List[torch.Tensor], List[np.ndarray]]
 
 #: The module ``save_pretrained`` writes beside ``model_index.json`` for diffusers' custom-pipeline route.
 PIPELINE_MODULE_FILE = "pipeline_extdm.py"
@@ -40,8 +44,10 @@ class ExtDMPipelineOutput(BaseOutput):
     """
     frames: the predicted future frames only, one video per input video and sample (video-major order):
         ``"pt"``: (N, num_frames, C, H, W) in [0, 1]; ``"np"``: (N, num_frames, H, W, C) float32 in [0, 1];
-        ``"pil"``: N lists of PIL images; ``"latent"``: the predicted motion, as ``motion`` below.
-    motion: with ``return_motion=True`` (or ``output_type="latent"``), the predicted motion
+        ``"pil"``: N lists of PIL images; ``"latent"``: what the denoiser produced, in its convention and the
+        layout of the ``latents`` argument: (N, 3, num_frames, h, w), flow grid x, y and 2·occlusion−1, all in
+        [-1, 1] (``ExtDMPipeline.decode_latents`` turns it into frames).
+    motion: with ``return_motion=True`` (or ``output_type="latent"``), the predicted motion for reading
         (N, num_frames, 3, h, w): flow grid x, y in [-1, 1] and occlusion in [0, 1]; otherwise None.
     """
 
@@ -119,13 +125,25 @@ class ExtDMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "flow_autoencoder->unet"
     _callback_tensor_inputs = ["latents", "cond_motion", "cond_features"]
 
-    def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler):
+    def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler,
+                 benchmark: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.register_modules(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)
+        # the complete definition of the benchmark it was trained or converted for (``Benchmark.to_dict``): saved in
+        # model_index.json and passed back on load, so that evaluation and prediction need no --benchmark
+        self.register_to_config(benchmark=None if benchmark is None else dict(benchmark))
         mono = flow_autoencoder is not None and flow_autoencoder.config.num_channels == 1
         self.video_processor = VideoProcessor(do_resize=False, do_normalize=False, do_convert_rgb=not mono, do_convert_grayscale=mono)
 
     # ---------------------------------------------------------------------------------------------------
+    @property
+    def benchmark(self) -> Optional["Benchmark"]:
+        """The ``Benchmark`` this pipeline records (``benchmark`` of its config), or None."""
+        from ..benchmarks import Benchmark
+
+        recorded = self.config.get("benchmark")
+        return None if recorded is None else Benchmark.from_dict(recorded)
+
     @property
     def num_cond_frames(self) -> int:
         return self.unet.config.num_cond_frames
@@ -148,18 +166,19 @@ class ExtDMPipeline(DiffusionPipeline):
 
     def preprocess_video(self, video: VideoInput) -> torch.Tensor:
         """Any accepted video input -> float tensor (B, T, C, H, W) in [0, 1] with the autoencoder's channels.
-        PIL frames go through diffusers' ``VideoProcessor``; every input is then checked here (finite, in [0, 1],
-        the model's frame count and size), which ``VideoProcessor`` does not do."""
+
+        The forms of diffusers' ``VideoProcessor.preprocess_video``: a tensor (T, C, H, W) or (B, T, C, H, W), a
+        numpy array (T, H, W, C) or (B, T, H, W, C), a list of PIL images (one video), and a batch as a list of
+        any of these. PIL frames go through ``VideoProcessor``; every input is then checked here (finite, in
+        [0, 1], the model's frame count and size), which ``VideoProcessor`` does not do."""
         channels = self.flow_autoencoder.config.num_channels
         if isinstance(video, PIL.Image.Image):
             raise ValueError("`video` must hold several frames: a list of PIL images, not a single image")
-        if isinstance(video, (list, tuple)):
+        if isinstance(video, (list, tuple)) and video and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in video):
+            video = self._stack_videos([self._video_to_tensor(v, channels) for v in video])
+        elif isinstance(video, (list, tuple)):
             video = self._pil_video_to_tensor(list(video))
-        if isinstance(video, np.ndarray):
-            video = self._numpy_video_to_tensor(video, channels)
-        if not isinstance(video, torch.Tensor):
-            raise TypeError(f"`video` must be a torch tensor, a numpy array or PIL images, got {type(video).__name__}")
-        self._check_video_tensor(video)
+        video = self._video_to_tensor(video, channels)
         if video.shape[2] == 1 and channels == 3:
             video = video.expand(-1, -1, 3, -1, -1)  # grayscale shown as RGB, as the original datasets do
         if video.shape[2] != channels:
@@ -182,11 +201,31 @@ class ExtDMPipeline(DiffusionPipeline):
             raise ValueError("`video` is an empty list")
         videos = [video] if isinstance(video[0], PIL.Image.Image) else video
         if not all(isinstance(v, (list, tuple)) and v and all(isinstance(f, PIL.Image.Image) for f in v) for v in videos):
-            raise ValueError("`video` as a list must hold PIL images (one video) or lists of PIL images (a batch)")
+            raise ValueError("`video` as a list must hold PIL images (one video), or a batch: lists of PIL images, "
+                             "(T, C, H, W) tensors or (T, H, W, C) numpy arrays")
         sizes = sorted({f.size for v in videos for f in v})
         if len(sizes) > 1:
             raise ValueError(f"`video` PIL images must all have the same size, got (width, height) sizes {sizes}")
         return self.video_processor.preprocess_video([list(v) for v in videos]).transpose(1, 2)
+
+    def _video_to_tensor(self, video, channels: int) -> torch.Tensor:
+        """One video or a batch, as a tensor or a numpy array -> a checked (B, T, C, H, W) tensor."""
+        if isinstance(video, np.ndarray):
+            video = self._numpy_video_to_tensor(video, channels)
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"`video` must be a torch tensor, a numpy array or PIL images, got {type(video).__name__}")
+        if video.ndim == 4:  # one video (T, C, H, W), as VideoProcessor takes it
+            video = video[None]
+        self._check_video_tensor(video)
+        return video
+
+    @staticmethod
+    def _stack_videos(videos: List[torch.Tensor]) -> torch.Tensor:
+        """A batch given as a list of (B_i, T, C, H, W) videos -> one (sum B_i, T, C, H, W) tensor."""
+        shapes = sorted({tuple(v.shape[1:]) for v in videos})
+        if len(shapes) > 1:
+            raise ValueError(f"`video` as a list must hold videos of one shape, got (T, C, H, W) shapes {shapes}")
+        return torch.cat([v.to(videos[0].dtype) for v in videos])
 
     @staticmethod
     def _numpy_video_to_tensor(video: np.ndarray, channels: int) -> torch.Tensor:
@@ -213,7 +252,7 @@ class ExtDMPipeline(DiffusionPipeline):
     @staticmethod
     def _check_video_tensor(video: torch.Tensor) -> None:
         if video.ndim != 5:
-            raise ValueError(f"`video` as a tensor must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+            raise ValueError(f"`video` as a tensor must be (T, C, H, W) or (B, T, C, H, W), got shape {tuple(video.shape)}")
         if video.numel() == 0:
             raise ValueError(f"`video` is empty, got shape {tuple(video.shape)}")
         if not video.is_floating_point():
@@ -249,6 +288,45 @@ class ExtDMPipeline(DiffusionPipeline):
     def encode_condition(self, frames: torch.Tensor, use_occlusion: bool = True) -> MotionCondition:
         """The denoiser's condition from ``frames`` (B, num_cond_frames [+ K], C, H, W); see ``encode_condition``."""
         return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion)
+
+    def resolve_use_occlusion(self, use_occlusion: Optional[bool]) -> bool:
+        """``use_occlusion`` of ``__call__``: ``None`` means whether the autoencoder estimates occlusion maps."""
+        if use_occlusion is None:
+            return self.flow_autoencoder.estimates_occlusion
+        if use_occlusion and not self.flow_autoencoder.estimates_occlusion:
+            raise ValueError("`use_occlusion=True` needs an autoencoder that estimates occlusion maps; this one does not")
+        return bool(use_occlusion)
+
+    @torch.no_grad()
+    def decode_latents(self, video: VideoInput, latents: torch.Tensor, use_occlusion: Optional[bool] = None,
+                       output_type: str = "np"):
+        """Frames from the ``output_type="latent"`` output ``latents`` (N, 3, T, h, w) of ``__call__(video, ...)``,
+        decoded window by window as ``__call__`` decodes them (each window warps the last frame decoded before it),
+        as ``output_type`` ``"pt"``, ``"np"`` or ``"pil"``. N is the videos times ``num_samples_per_video``."""
+        if output_type not in ("pt", "np", "pil"):
+            raise ValueError(f"`output_type` must be 'pt', 'np' or 'pil', got {output_type!r}")
+        frames = self.preprocess_video(video)
+        use_occlusion = self.resolve_use_occlusion(use_occlusion)
+        batch = frames.shape[0]
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != 3 or latents.shape[0] % batch:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"`latents` must have shape (N, 3, T, h, w) with N a multiple of the {batch} videos, got {shape}")
+        device = self._execution_device
+        frames = frames.to(device=device, dtype=self.flow_autoencoder.dtype)
+        condition = self.encode_condition(frames, use_occlusion).repeat_interleave(latents.shape[0] // batch)
+        if latents.shape[-2:] != condition.cond_motion.shape[-2:]:
+            raise ValueError(f"`latents` frames must be {tuple(condition.cond_motion.shape[-2:])} (the motion size), "
+                             f"got {tuple(latents.shape[-2:])}")
+        pred, num_frames = self.num_pred_frames, latents.shape[2]
+        latents = latents.to(device=device, dtype=self.flow_autoencoder.dtype)
+        decoded_windows = []
+        for start in range(0, num_frames, pred):
+            decoded = self.decode_motion(condition.reference, latents[:, :, start : start + pred], use_occlusion)
+            decoded_windows.append(decoded)
+            if start + pred < num_frames:
+                condition = self.next_window_condition(condition, decoded, use_occlusion)
+        self.maybe_free_model_hooks()
+        return self.postprocess(decoded_windows, num_frames, output_type)
 
     def decode_motion(self, reference: torch.Tensor, motion: torch.Tensor, use_occlusion: bool = True) -> torch.Tensor:
         """Frames (B, T, C, H, W) from predicted motion (B, 3, T, h, w) in one batched decoder call; without
@@ -405,7 +483,8 @@ class ExtDMPipeline(DiffusionPipeline):
                 autoencoder estimates them. The original evaluation turns them off for KTH and BAIR (zeros in the
                 condition, plain warps of the reference in the decoder); ``benchmarks.get_benchmark(name)
                 .evaluation.use_occlusion`` says which.
-            output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"`` (the predicted motion, not decoded).
+            output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``: the denoised motion as the denoiser produced
+                it, (N, 3, num_frames, h, w) in [-1, 1] like ``latents``, not decoded; ``decode_latents`` decodes it.
             return_motion: also return the predicted motion.
             callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after every
                 denoising step (``step`` counts over all windows); it returns a dict, whose ``"latents"`` replaces
@@ -419,10 +498,7 @@ class ExtDMPipeline(DiffusionPipeline):
         batch_size = frames.shape[0] * num_samples_per_video if isinstance(num_samples_per_video, int) else 0
         self.check_inputs(num_frames, num_samples_per_video, eta, output_type, generator, batch_size,
                           callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if use_occlusion is None:
-            use_occlusion = self.flow_autoencoder.estimates_occlusion
-        elif use_occlusion and not self.flow_autoencoder.estimates_occlusion:
-            raise ValueError("`use_occlusion=True` needs an autoencoder that estimates occlusion maps; this one does not")
+        use_occlusion = self.resolve_use_occlusion(use_occlusion)
 
         device = self._execution_device
         # The motion is a sampling grid: in bfloat16 its coordinates would round to 1/128 of the frame (a quarter
@@ -441,14 +517,13 @@ class ExtDMPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 3. Window by window: noise, denoise, decode, and condition the next window on what was decoded.
-        predicted_frames, predicted_motion = [], []
+        predicted_frames, predicted_latents = [], []
         with self.progress_bar(total=num_windows * num_inference_steps) as progress_bar:
             for window in range(num_windows):
                 sample = self.prepare_latents(latents, window, batch_size, motion_size, generator, device, latent_dtype)
                 sample = self.denoise_window(sample, condition, window, num_windows, num_inference_steps, extra_step_kwargs,
                                              callback_on_step_end, callback_on_step_end_tensor_inputs, progress_bar)
-                if return_motion or output_type == "latent":
-                    predicted_motion.append(self.motion_to_output(sample))
+                predicted_latents.append(sample)
                 last_window = window + 1 == num_windows
                 if output_type == "latent" and last_window:
                     break
@@ -458,9 +533,10 @@ class ExtDMPipeline(DiffusionPipeline):
                     condition = self.next_window_condition(condition, decoded, use_occlusion)
 
         # 4. Outputs.
-        motion_out = torch.cat(predicted_motion, dim=1)[:, :num_frames] if predicted_motion else None
+        latents_out = torch.cat(predicted_latents, dim=2)[:, :, :num_frames]
+        motion_out = self.motion_to_output(latents_out) if return_motion or output_type == "latent" else None
         self.maybe_free_model_hooks()
-        video_out = motion_out if output_type == "latent" else self.postprocess(predicted_frames, num_frames, output_type)
+        video_out = latents_out if output_type == "latent" else self.postprocess(predicted_frames, num_frames, output_type)
         if not return_dict:
             return (video_out, motion_out)
         return ExtDMPipelineOutput(frames=video_out, motion=motion_out)
