@@ -2,6 +2,7 @@
 casting, group offloading, accelerate's offloading hooks, device_map="auto", torch.compile and torch.export,
 gradient checkpointing), the latent output and the batch forms of diffusers' VideoProcessor. On the CPU."""
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -176,6 +177,23 @@ def test_flow_autoencoder_gradient_checkpointing_gives_the_same_gradients(autoen
     # both region predictions, the background, the dense motion, the generator's encoder and decoder
     assert len(checkpointed) == 6
 
+
+
+def test_flow_autoencoder_gradient_checkpointing_updates_batch_norm_statistics_once(autoencoder):
+    """The backward pass recomputes each checkpointed network: its batch norms must not count the batch twice."""
+    t, model = autoencoder
+    buffers = []
+    for checkpointing in (False, True):
+        trained = copy.deepcopy(model).train()
+        if checkpointing:
+            trained.enable_gradient_checkpointing()
+        trained(t["inputs.source"], t["inputs.driving"]).prediction.square().mean().backward()
+        buffers.append({k: v for k, v in trained.state_dict().items() if "running_" in k or "num_batches" in k})
+    assert len(buffers[0]) > 0 and buffers[0].keys() == buffers[1].keys()
+    for name, plain in buffers[0].items():
+        torch.testing.assert_close(buffers[1][name], plain, rtol=0, atol=0, msg=name)
+    assert all(m.momentum == model.region_predictor.predictor.encoder.down_blocks[0].norm.momentum
+               for m in trained.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 # ------------------------------------------------------------------------------------------ pipeline outputs
 def test_latent_output_is_what_the_denoiser_produced(reference_pipeline_factory):

@@ -7,10 +7,11 @@ all frames of a clip in one batched call, ``decode`` turns motion back into fram
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -97,6 +98,24 @@ class FlowAutoencoderDecoderOutput(BaseOutput):
 
     sample: torch.Tensor = None
     deformed: torch.Tensor = None
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: torch.nn.Module, frozen: bool) -> Iterator[None]:
+    """With ``frozen``, the batch norms in ``module`` normalise with the batch's statistics (as in training) but
+    leave their running statistics and batch counts as they were. Momentum 0 rather than
+    ``track_running_stats=False``, so that the recomputation saves the same tensors as the forward."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats] if frozen else []
+    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, (momentum, count) in zip(norms, saved):
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(count)
 
 
 class FlowAutoencoder(ModelMixin, ConfigMixin):
@@ -188,7 +207,15 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         """``network(*args)``; under gradient checkpointing its activations are recomputed in the backward pass
         instead of kept (each of the four networks, and the generator's encoder and decoder, is one unit)."""
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(network, *args)
+            calls = []
+
+            def run(*inputs):
+                # the backward pass runs the forward again: batch norm must not count that batch a second time
+                with _running_stats_frozen(getattr(network, "__self__", network), frozen=bool(calls)):
+                    calls.append(True)
+                    return network(*inputs)
+
+            return self._gradient_checkpointing_func(run, *args)
         return network(*args)
 
     # -- public API ----------------------------------------------------------------------------------------

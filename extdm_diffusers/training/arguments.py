@@ -25,6 +25,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, metavar="NAME_OR_FILE",
                         help="smmnist, kth, bair, cityscapes or ucf101 (the registry), or a .json/.yaml benchmark file "
                              "(see extdm-benchmark show)")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the trained model's activations in the backward pass (less memory, more time)")
     parser.add_argument("--dataset_dir", required=True, help="a dataset_builders/ output folder (save_to_disk) or a Hub dataset id")
     parser.add_argument("--output_dir", required=True, help="where the model, checkpoints and validation go")
     parser.add_argument("--model_config", default=None,

@@ -49,8 +49,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--flow_autoencoder", required=True,
                         help="FlowAutoencoder folder (train_flow_ae.py's --output_dir) or a pipeline folder with a "
                              "flow_autoencoder/ subfolder")
-    parser.add_argument("--gradient_checkpointing", action="store_true",
-                        help="recompute the denoiser's activations in the backward pass (less memory, more time)")
     parser.add_argument("--adam_epsilon", type=float, default=1e-8)
     parser.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
                         help="what the denoiser predicts: the noise (the original) or the velocity, which learns "

@@ -157,6 +157,8 @@ class FlowAutoencoderTask(TrainingTask):
 
         autoencoder = FlowAutoencoder(**self.config)
         autoencoder.train()
+        if self.args.gradient_checkpointing:
+            autoencoder.enable_gradient_checkpointing()
         multi_process = accelerator.num_processes > 1
         if self.args.sync_batchnorm and multi_process and accelerator.device.type != "cuda":
             raise TrainingArgumentError(f"--sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, this run "
