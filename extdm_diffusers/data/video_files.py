@@ -129,7 +129,7 @@ def _ffmpeg_reason(error: Exception) -> str:
     return f"ffmpeg cannot decode it ({details or type(error).__name__})"
 
 
-def _video_file_frames(path: Path) -> Iterator:
+def video_file_frames(path: Path) -> Iterator:
     """Yields the fps (None when unknown), then the frames, H x W x 3 RGB."""
     import imageio_ffmpeg
 
@@ -208,7 +208,7 @@ def read_video(
         if not _has_suffix(path.name, VIDEO_EXTENSIONS):
             raise VideoReadError(path, f"not a video file (expected one of {', '.join(VIDEO_EXTENSIONS)}, any "
                                        "letter case, or a folder of frame images)")
-        source = (_gif_frames if path.suffix.lower() == ".gif" else _video_file_frames)(path)
+        source = (_gif_frames if path.suffix.lower() == ".gif" else video_file_frames)(path)
         stride_in_loop = frame_stride
     else:
         raise VideoReadError(path, "no such file or folder")

@@ -108,26 +108,27 @@ def extract_zip(archive: Path, destination: Path) -> None:
 
 
 def read_video_frames(path: Path) -> Iterator[np.ndarray]:
-    """Decode a video file (AVI, ...) frame by frame as H x W x 3 uint8 RGB, with ffmpeg via imageio.
+    """Decode a video file (AVI, ...) frame by frame as H x W x 3 uint8 RGB, with the ffmpeg reader every builder
+    shares (``data.video_files.video_file_frames``).
 
     Raises ``BuildError`` naming the file when it is missing, unreadable or has no frame.
     """
-    import imageio.v2 as imageio
+    from ..video_files import VideoReadError, video_file_frames
 
     if not path.is_file():
         raise BuildError(f"missing video file {path}")
-    try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-    except Exception as error:  # imageio raises assorted types for undecodable input
-        raise BuildError(f"cannot decode video {path}: {error}".strip()) from None
+    frames = video_file_frames(path)
     count = 0
     try:
-        for frame in reader:  # (len(reader) may be inf: iterate, never list())
+        next(frames)  # the frame rate
+        for frame in frames:
             count += 1
             yield frame
-    except Exception as error:
-        raise BuildError(f"video {path} is corrupt after {count} frames: {error}") from None
+    except VideoReadError as error:
+        if count == 0:
+            raise BuildError(f"cannot decode video {path}: {error.reason}") from None
+        raise BuildError(f"video {path} is corrupt after {count} frames: {error.reason}") from None
     finally:
-        reader.close()
+        frames.close()
     if count == 0:
         raise BuildError(f"video {path} has no decodable frame; it is corrupt, download it again")
