@@ -22,6 +22,8 @@ sizes (random weights on both sides) and timed beside ours in the same process, 
 - AE: the original ReconstructionModel (model/LFAE/model.py) with the benchmark's perceptual/equivariance weights
   and a random-weight Vgg19, Adam over generator + region + background predictors, as scripts/AE/train.py.
   Compared only with --perceptual_loss vgg19.
+Our steps use the training scripts' fused Adam/AdamW (``--no_fused``: torch's CPU default, the per-tensor loop
+the original runs) and, in the DM step, the autoencoder features of the observed frames only.
 The original needs einops, einops_exts, rotary-embedding-torch and scikit-image; xformers and timm (never used at
 run time) are stubbed, and on the CPU .cuda() is made a no-op.
 """
@@ -189,6 +191,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="with --original: alternating rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--no_fused", dest="fused", action="store_false",
+                        help="our optimizers without fused=True (torch's CPU default, the original's), to measure it")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +208,7 @@ def main():
     if args.only in (None, "dm"):
         ae.eval().requires_grad_(False)
         unet = ExtDMUNet3DModel(**bench.unet_config(ae.feature_channels)).to(device).train()
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-4, betas=(0.9, 0.999), weight_decay=0)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-4, betas=(0.9, 0.999), weight_decay=0, fused=args.fused)
         scheduler = ExtDMDDIMScheduler()
         clips = torch.rand(args.batch_size, cond + pred, 3, size, size, device=device)
 
@@ -233,7 +237,7 @@ def main():
         ae.train().requires_grad_(True)
         loss_fn = FlowAutoencoderLoss(scales=bench.autoencoder_training.pyramid_scales, perceptual_loss=args.perceptual_loss,
                                       vgg_weights=VGG19PerceptualFeatures(None) if args.perceptual_loss == "vgg19" else None).to(device)
-        optimizer = torch.optim.Adam(ae.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        optimizer = torch.optim.Adam(ae.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=args.fused)
         source, driving = (torch.rand(batch, 3, size, size, device=device) for _ in range(2))
 
         def ae_step():

@@ -25,6 +25,7 @@ import yaml
 from .architectures import ARCHITECTURE_PRESETS
 from .benchmarks import Benchmark, BenchmarkDefinitionError, get_benchmark, load_benchmark
 from .conversion import CheckpointConversionError, infer_unet_from_original, pipeline_from_original
+from .training.hub import usage_example
 
 # Recognised original experiment names -> the dataset the model was trained on.
 _DATASETS = {"smmnist": "SMMNIST", "kth": "KTH", "bair": "BAIR robot pushing", "cityscapes": "Cityscapes", "ucf": "UCF-101"}
@@ -93,14 +94,13 @@ def registry_benchmark_of(config: Mapping) -> Optional[Benchmark]:
     return None if key is None else get_benchmark(key)
 
 
-def model_card(config: Mapping, architecture: str, repo_id: Optional[str], benchmark: Optional[Benchmark] = None,
-               original_yaml: bool = True) -> str:
-    """The folder's README.md; ``original_yaml``: ``config`` is the original DM YAML (shown in full)."""
+def model_card(config: Mapping, architecture: str, repo_id: Optional[str], flow_autoencoder_config: Mapping,
+               unet_config: Mapping, benchmark: Optional[Benchmark] = None, original_yaml: bool = True) -> str:
+    """The folder's README.md; ``original_yaml``: ``config`` is the original DM YAML (shown in full). Frame size,
+    channels and window come from the converted models' configs (the checkpoint's, where the YAML differs)."""
     name = str(config.get("experiment_name", "")).lower()
     dataset = next((label for key, label in _DATASETS.items() if key in name), None)
-    dataset_params = config.get("dataset_params", {})
-    train = dataset_params.get("train_params", {})
-    valid = dataset_params.get("valid_params", {})
+    valid = config.get("dataset_params", {}).get("valid_params", {})
     metadata = {
         "library_name": "diffusers",
         "pipeline_tag": "image-to-video",
@@ -109,7 +109,8 @@ def model_card(config: Mapping, architecture: str, repo_id: Optional[str], bench
     }
     if dataset:
         metadata["datasets"] = [dataset]
-    cond, pred = train.get("cond_frames"), train.get("pred_frames")
+    cond, pred = unet_config["num_cond_frames"], unet_config["num_pred_frames"]
+    size = flow_autoencoder_config.get("sample_size") or config.get("dataset_params", {}).get("frame_shape")
     load_from = repo_id or "path/to/this/folder"
     lines = [
         "---",
@@ -123,20 +124,14 @@ def model_card(config: Mapping, architecture: str, repo_id: Optional[str], bench
         "`python -m extdm_diffusers.convert`.",
         "",
         f"- original denoiser: `{architecture}`",
-        f"- frame size: {dataset_params.get('frame_shape')}; the model observes {cond} frames and predicts {pred} per window"
+        f"- frame size: {size}x{size}; the model observes {cond} frames and predicts {pred} per window"
         + (f"; the paper evaluates {valid.get('cond_frames')} -> {valid.get('pred_frames')}" if valid else ""),
         "- sampler: `ExtDMDDIMScheduler`, the original DDIM (10 steps, cosine schedule, dynamic thresholding)",
         "",
         "## Use",
         "",
-        "```python",
-        "import torch",
-        "from extdm_diffusers import ExtDMPipeline",
-        "",
-        f'pipe = ExtDMPipeline.from_pretrained("{load_from}")',
-        f"video = torch.rand(1, {cond}, 3, {dataset_params.get('frame_shape')}, {dataset_params.get('frame_shape')})  # (B, T, C, H, W) in [0, 1]",
-        f"frames = pipe(video, num_frames={valid.get('pred_frames', pred)}, output_type=\"pt\").frames",
-        "```",
+        usage_example(flow_autoencoder_config, unet_config, load_from, num_frames=valid.get("pred_frames", pred),
+                      frame_size=size),
         "",
     ]
     if benchmark is not None:
@@ -200,8 +195,8 @@ def convert(
     else:
         log(f"note: {config_path} names no registry benchmark; the folder records none (pass --benchmark to record one)")
     pipe.save_pretrained(output_dir, safe_serialization=True)
-    Path(output_dir, "README.md").write_text(model_card(config, architecture, push_to_hub, bench,
-                                                        original_yaml=from_yaml))
+    Path(output_dir, "README.md").write_text(model_card(config, architecture, push_to_hub, pipe.flow_autoencoder.config,
+                                                        pipe.unet.config, bench, original_yaml=from_yaml))
     if push_to_hub:
         from huggingface_hub import HfApi
 

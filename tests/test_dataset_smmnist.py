@@ -95,6 +95,24 @@ def test_digits_bounce_inside_the_frame():
     assert len({frame.tobytes() for frame in video}) > 50  # the digits move
 
 
+def test_one_moving_digit_per_video():
+    digits = np.ones((64, 8, 8), np.float32)
+
+    def video(seed, **kwargs):
+        return smmnist.generate_video(np.random.RandomState(seed), digits, 64, 4, 32, 1, num_digits=1, **kwargs)
+
+    def still(frames):  # a digit against a wall may hold one frame before it bounces, never four
+        return len({frame.tobytes() for frame in frames}) == 1
+
+    for seed in range(40):
+        frames, chosen = video(seed, moving_digits=True)
+        assert len(chosen) == 1 and frames[0].sum() == 64 * 255  # one 8x8 digit
+        assert not still(frames), f"seed {seed}: the digit stayed still"
+    at_rest = [seed for seed in range(200) if still(video(seed)[0])]
+    assert at_rest  # SMMNIST's own draw (the default) lets a digit rest (1 in 9 at speed 1); --moving_digits draws again
+    assert not any(still(video(seed, moving_digits=True)[0]) for seed in at_rest)
+
+
 def _write_mnist(folder, count=40):
     rng = np.random.default_rng(0)
     files = {}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.stats as st
 import torch
+from PIL import Image
 
 from extdm_diffusers import evaluation
 from extdm_diffusers.benchmarks import EvaluationProtocol, get_benchmark
@@ -63,6 +64,8 @@ def test_evaluation_clips_follow_the_original_rule():
     assert config.protocol_record() == {
         "benchmark": "kth", "split": "test", "cond_frames": 10, "pred_frames": 40, "num_videos": 256, "video_stride": 1,
         "num_samples": 100, "seed": 1000, "num_inference_steps": 10, "eta": 1.0, "use_occlusion": False,
+        "scheduler": "ddim_original", "sampler_preset": None, "paper_sampler": True,
+        "scheduler_settings": {"class": "ExtDMDDIMScheduler", "schedule": "the original's (ExtDMDDIMScheduler)", "eta": 1.0},
     }
     # overrides stay typed; an int eta is recorded as the float the CLI would give
     overridden = evaluation.EvaluationConfig(pipeline="p", benchmark="kth", dataset_dir="d", num_samples=3, eta=0,
@@ -242,8 +245,9 @@ def test_cli_end_to_end_resume_and_model_card(assets, single_run, tmp_path, monk
     # what a team shares is readable by the team: the umask's mode, not mkstemp's 0600
     umask = os.umask(0)
     os.umask(umask)
-    for path in (out / "metrics.json", out / "per_video.jsonl", out / "run_config.json", out / "gifs" / "clip_00000.gif",
-                 out / "features" / "clip_00000.npz", assets / "pipeline" / "README.md"):
+    for path in (out / "metrics.json", out / "per_frame.png", out / "per_video.jsonl", out / "run_config.json",
+                 out / "gifs" / "clip_00000.gif",
+                 out / "features" / "clip_00000.npz", assets / "pipeline" / "README.md", assets / "pipeline" / "per_frame.png"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
     # the same numbers as the run done in one go
@@ -252,6 +256,19 @@ def test_cli_end_to_end_resume_and_model_card(assets, single_run, tmp_path, monk
 
     card = (assets / "pipeline" / "README.md").read_text()
     assert "model-index" in card and "extdm-evaluation-results-start" in card and "fvd_traj" in card
+    # 3 samples: the oracle rows; BAIR 2 -> 5 at 32 px is not the paper's protocol: no paper row, a note why
+    assert "| ExtDM, best of 3 (oracle) |" in card and "| paper |" not in card and "are not shown" in card
+    assert "- copy last frame: PSNR " in card  # the paired differences
+    # the per-frame plot: next to metrics.json, and copied into the pipeline folder the card embeds it from
+    assert result["metadata"]["window_frames"] == 3 and result["metadata"]["frame_size"] == 32
+    assert Image.open(out / "per_frame.png").format == "PNG"
+    assert (assets / "pipeline" / "per_frame.png").read_bytes() == (out / "per_frame.png").read_bytes()
+    assert "](per_frame.png)" in card
+    paired = result["paired_differences"]["copy_last_frame"]
+    assert set(paired) == {"psnr", "ssim", "lpips"} and paired["psnr"]["n"] == 4
+    assert paired["psnr"]["verdict"] in ("win", "loss", "not significant")
+    per_video = [np.mean(line["extdm"]["psnr"]) - line["copy_last_frame"]["psnr"] for line in lines]
+    assert paired["psnr"]["mean"] == pytest.approx(np.mean(per_video), rel=1e-9)
     # updating again replaces the section instead of appending a second one
     evaluation.update_model_card(str(assets / "pipeline"), result)
     assert (assets / "pipeline" / "README.md").read_text().count("extdm-evaluation-results-start") == 1

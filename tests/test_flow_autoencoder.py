@@ -59,6 +59,11 @@ def test_encode_and_decode_are_batched_over_time(reference):
             torch.testing.assert_close(encoded.optical_flow[:, i], single.optical_flow, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(encoded.occlusion_map[:, i], single.occlusion_map, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(encoded.features[:, 1], per_frame[0].features, rtol=1e-5, atol=1e-6)
+        # features of the first frames only (a training clip's observed ones), the motion of all of them
+        leading = model.encode(frames, source, feature_frames=2)
+        assert leading.features.shape == (2, 2, 32, 8, 8)
+        torch.testing.assert_close(leading.features, encoded.features[:, :2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(leading.optical_flow, encoded.optical_flow, rtol=0, atol=0)
 
         decoded = model.decode(source, encoded.optical_flow, encoded.occlusion_map)
         assert decoded.sample.shape == frames.shape
@@ -95,6 +100,7 @@ def test_bfloat16_runs(reference):
         (lambda m, s: m(s, s[:1]), r"batch size of `source`, `driving` must match"),
         (lambda m, s: m.encode(s, s), r"`frames` must have shape \(B, T, C, H, W\)"),
         (lambda m, s: m.encode(s[None], s), r"batch size of `frames`, `reference` must match"),
+        (lambda m, s: m.encode(s[:, None], s, feature_frames=2), r"`feature_frames` must be an int in \[1, 1\]"),
         (lambda m, s: m.decode(s, torch.zeros(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)), r"`optical_flow` must have shape"),
         (lambda m, s: m.decode(s, torch.zeros(2, 2, 16, 16), torch.zeros(2, 1, 8, 8)), r"`occlusion_map` must have shape \(2, 1, 16, 16\)"),
     ],

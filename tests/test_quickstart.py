@@ -10,9 +10,11 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from extdm_diffusers import ExtDMPipeline
+from extdm_diffusers.evaluation.gifs import GAP
 from extdm_diffusers.quickstart import main
 
 TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "30", "--dm_steps", "3", "--ae_batch_size", "4", "--dm_batch_size", "2",
@@ -20,7 +22,7 @@ TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "30"
         "--dm_width", "8", "--eval_pred_frames", "6"]
 
 
-def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, caplog):
+def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, caplog, capsys):
     out = tmp_path / "qs"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     log = tmp_path / "first_run.log"
@@ -51,14 +53,36 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     assert saved == metrics and saved["num_videos"] == 3
     for method in ("extdm", "copy_last_frame", "autoencoder"):
         assert set(saved[method]) == {"psnr", "ssim"} and all(np.isfinite(v) for v in saved[method].values())
+        for metric in ("psnr", "ssim"):  # the per-frame means average to the means
+            assert len(saved["per_frame"][method][metric]) == 6
+            assert np.mean(saved["per_frame"][method][metric]) == pytest.approx(saved[method][metric], rel=1e-9)
     assert "one sample per video" in saved["description"]
+    for metric in ("psnr", "ssim"):  # ExtDM - copying, paired per video
+        diff = saved["extdm_minus_copy_last_frame"][metric]
+        assert diff["mean"] == pytest.approx(saved["extdm"][metric] - saved["copy_last_frame"][metric], abs=1e-9)
+        assert diff["interval"][0] <= diff["mean"] <= diff["interval"][1]
+        assert diff["verdict"] in ("win", "loss", "not significant")
+        frames = saved["extdm_at_least_copy_last_frame"][metric]
+        ours, copied = saved["per_frame"]["extdm"][metric], saved["per_frame"]["copy_last_frame"][metric]
+        assert frames == {"frames": sum(a >= b for a, b in zip(ours, copied)), "of": 6}
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "(paired 95% interval): PSNR " in printed and "per_frame.png" in printed
+    assert any(word in printed for word in ("significant win", "not significant", "significant loss"))
 
+    # the card a user would publish: the pipeline's own sizes, no paper or oracle rows for this protocol, pictures
     card = (out / "pipeline" / "README.md").read_text()
     assert "model-index" in card and "ExtDMPipeline" in card
+    assert "torch.rand(1, 5, 3, 32, 32)" in card and "64, 64" not in card
+    assert "| paper |" not in card and "best of" not in card and "_argv" not in card
+    assert "| `--max_train_steps` | `3` |" in card
+    for picture in ("predictions.gif", "per_frame.png"):
+        assert f"]({picture})" in card and (out / "pipeline" / picture).is_file()
+    assert (out / "per_frame.png").is_file() and (out / "evaluation" / "per_frame.png").is_file()
     pipe = ExtDMPipeline.from_pretrained(out / "pipeline")
     assert (pipe.num_cond_frames, pipe.num_pred_frames, pipe.flow_autoencoder.config.sample_size) == (5, 5, 32)
     gif = Image.open(out / "predictions.gif")
-    assert gif.n_frames == 6 and gif.size == (2 * 3 * 32, 2 * 3 * 32)  # condition | truth | prediction, a row per video
+    # condition | truth | prediction, labelled, a row per video: 5 observed frames, then 6 predicted
+    assert gif.n_frames == 5 + 6 and gif.width == 3 * 96 + 2 * GAP and gif.height > 3 * 96
 
     again = main(["--output_dir", str(out), *TINY])  # a finished run only reports
     assert again == metrics

@@ -169,6 +169,8 @@ def test_dm_resume_is_bit_identical(workspace):
     raw_a = load_file(str(full / "checkpoint-4" / "model.safetensors"))
     raw_b = load_file(str(resumed / "checkpoint-4" / "model.safetensors"))
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)  # the trained (non-EMA) weights
+    groups = torch.load(resumed / "checkpoint-4" / "optimizer.bin", weights_only=True)["param_groups"]
+    assert [g["fused"] for g in groups] == [True]  # the fused AdamW, resumed bit-identically
 
 
 def test_flow_ae_resume_is_bit_identical(workspace):
@@ -188,6 +190,8 @@ def test_flow_ae_resume_is_bit_identical(workspace):
     a = load_file(str(full / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(resumed / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    groups = torch.load(resumed / "checkpoint-3" / "optimizer.bin", weights_only=True)["param_groups"]
+    assert [g["fused"] for g in groups] == [True]  # the fused Adam
 
 
 def test_dm_resume_with_gradient_accumulation_is_bit_identical(workspace):

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DTYPES, FRAME_METRICS, EvaluationConfig, EvaluationError
+from ..schedulers import SAMPLER_PRESETS, SCHEDULER_NAMES
+from .config import AUTOCAST_DTYPES, DTYPES, FRAME_METRICS, EvaluationConfig, EvaluationError
 from .run import evaluate
 
 
@@ -29,8 +30,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvaluationConfig:
     parser.add_argument("--num_videos", type=int, default=None, help="test clips (protocol: 256)")
     parser.add_argument("--num_samples", type=int, default=None, help="samples per clip (protocol: 100)")
     parser.add_argument("--seed", type=int, default=None, help="protocol: 1000")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="protocol: 10")
-    parser.add_argument("--eta", type=float, default=None, help="protocol: 1.0")
+    parser.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
+                        help="default ddim_original: the paper's ExtDMDDIMScheduler; the others are diffusers' solvers "
+                             "with the ExtDM schedule (docs/pipeline.md, 'Schedulers'); not the paper's protocol")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps per window (protocol: 10)")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="DDIM noise, for ddim_original and ddim only (protocol: 1.0)")
+    parser.add_argument("--sampler_preset", default=None, choices=tuple(SAMPLER_PRESETS),
+                        help="scheduler, steps and eta together: " + "; ".join(
+                            f"{name}: {preset.description}" for name, preset in SAMPLER_PRESETS.items())
+                        + " (not combinable with --scheduler, --num_inference_steps, --eta)")
     parser.add_argument("--cond_frames", type=int, default=None, help="override the observed frames (not the protocol)")
     parser.add_argument("--pred_frames", type=int, default=None, help="override the horizon (not the protocol)")
     occ = parser.add_mutually_exclusive_group()
@@ -45,6 +54,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvaluationConfig:
     parser.add_argument("--num_gifs", type=int, default=4, help="GIF grids for the first N clips")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--autocast", default=None, choices=AUTOCAST_DTYPES,
+                        help="run the pipeline under torch.autocast in this dtype (weights stay --dtype; the "
+                             "scheduler's motion and the metrics stay float32)")
     parser.add_argument("--update_model_card", action="store_true", help="write the results into PIPELINE/README.md")
     parser.add_argument("--max_videos", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -55,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: run, print the headline numbers; 1 with a one-line error for bad inputs."""
     config = parse_args(argv)
     try:
+        print(f"sampler: {config.sampler_note()}")
         result = evaluate(config)
     except EvaluationError as e:
         print(f"error: {e}", file=sys.stderr)

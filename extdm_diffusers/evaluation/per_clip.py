@@ -65,14 +65,21 @@ def evaluate_clip(pipe: ExtDMPipeline, item: Dict[str, Any], position: int, prot
     gif_random = int(np.random.default_rng(protocol.seed + position).integers(n)) if make_gif else -1
     best_psnr, best_frames, random_frames = -math.inf, None, None
     adtype = pipe.flow_autoencoder.dtype
+    autocast = torch.autocast(device.type, dtype=getattr(torch, config.autocast or "bfloat16"),
+                              enabled=config.autocast is not None)
+    frame_sum, square_sum = None, 0.0  # of all samples: their mean pairwise distance without keeping them
     for start in range(0, n, config.batch_size):
         ks = list(range(start, min(n, start + config.batch_size)))
         generators = [torch.Generator("cpu").manual_seed(sample_seed(protocol.seed, position, k, n)) for k in ks]
-        frames = pipe(
-            cond[None].to(adtype), num_frames=p, num_inference_steps=protocol.num_inference_steps,
-            eta=protocol.eta, generator=generators, num_samples_per_video=len(ks),
-            use_occlusion=protocol.use_occlusion, output_type="pt",
-        ).frames.float().clamp(0, 1)
+        with autocast:
+            frames = pipe(
+                cond[None].to(adtype), num_frames=p, num_inference_steps=protocol.num_inference_steps,
+                eta=protocol.eta, generator=generators, num_samples_per_video=len(ks),
+                use_occlusion=protocol.use_occlusion, output_type="pt",
+            ).frames.float().clamp(0, 1)
+        flat = frames.flatten(1).cpu().double()
+        frame_sum = flat.sum(0) if frame_sum is None else frame_sum + flat.sum(0)
+        square_sum += float(flat.square().sum())
         for name, value in _frame_metrics(frames, truth[None], lpips_model).items():
             per_metric.setdefault(name, []).append(value)
         if i3d is not None:
@@ -87,6 +94,9 @@ def evaluate_clip(pipe: ExtDMPipeline, item: Dict[str, Any], position: int, prot
         progress.update(len(ks))
     for name, chunks in per_metric.items():
         arrays[f"extdm/{name}"] = np.concatenate(chunks)
+    if n > 1:  # mean over pairs of samples of their per-pixel MSE: 2 Σ_k |x_k − x̄|² / ((n − 1) · pixels)
+        spread = square_sum - float(frame_sum.square().sum()) / n
+        arrays["extdm/diversity_mse"] = np.float64(2 * max(spread, 0.0) / ((n - 1) * frame_sum.numel()))
     if i3d is not None:
         arrays["extdm/i3d"] = torch.cat(feats).numpy()
         arrays["real/i3d"] = i3d(clip[None].float())[0].numpy()

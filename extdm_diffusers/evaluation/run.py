@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 from ..data import load_video_dataset
 from ..file_io import atomic_write_text
 from ..pipelines import ExtDMPipeline
+from ..schedulers import make_scheduler
 from . import records
 from .config import METHODS, EvaluationConfig, EvaluationError
 from .model_card import update_model_card
 from .per_clip import evaluate_clip, load_metric_models
-from .statistics import CI_NOTE, FVD_NOTE, ORACLE_NOTE, aggregate
+from .plots import write_per_frame_plot
+from .statistics import CI_NOTE, FVD_NOTE, ORACLE_NOTE, PAIRED_NOTE, aggregate
 
 #: a full protocol run keeps the other processes waiting at a barrier for hours while the slowest finishes
 _PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=72)
@@ -114,6 +116,7 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
         if dtype != pipe.unet.dtype:  # (diffusers warns on every dtype cast, even a no-op one)
             pipe = pipe.to(dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = make_scheduler(config.sampler().scheduler, pipe.scheduler.config)
         if pipe.num_cond_frames != protocol.cond_frames:
             raise EvaluationError(f"the pipeline conditions on {pipe.num_cond_frames} frames; the {bench.name} "
                                   f"protocol on {protocol.cond_frames}")
@@ -142,13 +145,30 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
         arrays = [records.load_arrays(out, done[i]) for i in range(len(clips))]
         result = _final_metrics(config, arrays, clips.video_indices, state.num_processes, started)
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        write_per_frame_plot(result, out / "per_frame.png")
         if config.update_model_card:
-            update_model_card(config.pipeline, result)
+            update_model_card(config.pipeline, result, images=[out / "per_frame.png"])
     if not stopped:
         state.wait_for_everyone()
     if sharded:
         state.destroy_process_group()
     return result
+
+
+def _window_frames(pipeline: str) -> int:
+    """Frames the pipeline's denoiser predicts per call: longer horizons roll out window by window."""
+    from ..models import ExtDMUNet3DModel
+
+    return int(ExtDMUNet3DModel.load_config(pipeline, subfolder="unet")["num_pred_frames"])
+
+
+def _frame_shape(pipeline: str, bench) -> Dict[str, int]:
+    """The frame size and channels of the pipeline's autoencoder (a benchmark given by name may record others)."""
+    from ..models import FlowAutoencoder
+
+    config = FlowAutoencoder.load_config(pipeline, subfolder="flow_autoencoder")
+    return {"frame_size": int(config.get("sample_size") or bench.frame_size),
+            "num_channels": int(config.get("num_channels", bench.num_channels))}
 
 
 def _final_metrics(config: EvaluationConfig, arrays: List[Dict[str, np.ndarray]], dataset_rows: List[int],
@@ -160,16 +180,20 @@ def _final_metrics(config: EvaluationConfig, arrays: List[Dict[str, np.ndarray]]
         "metadata": {
             "benchmark": bench.name,
             "benchmark_display_name": bench.display_name,
-            "protocol": config.protocol_record(),
+            "protocol": {**config.protocol_record(),
+                         "denoiser_calls_per_video": config.denoiser_calls_per_video(_window_frames(config.pipeline))},
             "registry_protocol": dataclasses.asdict(bench.evaluation),
             "num_videos": len(arrays),
             "num_samples": protocol.num_samples,
+            **_frame_shape(config.pipeline, bench),
+            "window_frames": _window_frames(config.pipeline),
             "seed": protocol.seed,
             "sample_seed_rule": "torch.Generator('cpu').manual_seed(seed + clip * num_samples + sample)",
             "pipeline": str(config.pipeline),
             "dataset_dir": str(config.dataset_dir),
             "dataset_rows": [int(i) for i in dataset_rows],
             "dtype": config.dtype,
+            "autocast": config.autocast,
             "metrics": {"fvd": not config.no_fvd, "i3d": config.i3d, "lpips": not config.no_lpips,
                         "lpips_weights": config.lpips_weights},
             "frames": {"psnr_ssim_lpips": "predicted frames only", "fvd": "ground-truth condition + predicted frames"},
@@ -178,7 +202,7 @@ def _final_metrics(config: EvaluationConfig, arrays: List[Dict[str, np.ndarray]]
             "processes": processes,
             "elapsed_seconds_last_session": round(time.time() - started, 1),
         },
-        "notes": {"best_of_n": ORACLE_NOTE, "fvd": FVD_NOTE, "std_ci95": CI_NOTE,
+        "notes": {"sampler": config.sampler_note(), "best_of_n": ORACLE_NOTE, "fvd": FVD_NOTE, "std_ci95": CI_NOTE, "paired_differences": PAIRED_NOTE,
                   "copy_last_frame": "baseline: the last observed frame repeated",
                   "autoencoder": "baseline: the flow autoencoder's reconstruction of the true future frames from their "
                                  "true motion w.r.t. the last observed frame (the ceiling of the motion representation); "

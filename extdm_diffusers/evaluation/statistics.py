@@ -26,6 +26,16 @@ CI_NOTE = (
     "std is numpy's population std (ddof=0) over videos; ci95 is the half-width of the 95% normal interval, "
     "1.96 * scipy.stats.sem (ddof=1), as the original valid.py metric_stuff"
 )
+PAIRED_NOTE = (
+    "paired_differences: per video, ExtDM's value (mean over its samples and predicted frames) minus the baseline's "
+    "(mean over predicted frames), summarized over videos (mean, std, ci95 as above); interval is mean ± ci95. "
+    "verdict: 'win' where the interval excludes zero on ExtDM's side (higher PSNR and SSIM, lower LPIPS), 'loss' "
+    "where it excludes zero on the baseline's side, else 'not significant'."
+)
+DIVERSITY_NOTE = (
+    "sample_diversity: per video, the mean over pairs of its samples of their per-pixel mean squared difference "
+    "(predicted frames, values in [0, 1]), then mean/std/ci95 over videos; 0 when the samples coincide"
+)
 
 
 def summarize(values: Sequence[float]) -> Dict[str, Any]:
@@ -53,17 +63,22 @@ def aggregate_frame_metric(values: np.ndarray, higher_is_better: bool) -> Dict[s
     if values.ndim != 3:
         raise ValueError(f"`values` must be (videos, samples, frames), got shape {values.shape}")
     per_sample = values.mean(axis=2)  # (V, N)
-    best = per_sample.argmax(axis=1) if higher_is_better else per_sample.argmin(axis=1)
-    rows = np.arange(values.shape[0])
-    best_curves = values[rows, best]  # (V, T)
+    best_curves = best_sample_curves(values, higher_is_better)  # (V, T)
     return {
         "best_of_n": {
-            **summarize(per_sample[rows, best]),
+            **summarize(per_sample.max(axis=1) if higher_is_better else per_sample.min(axis=1)),
             "per_frame": best_curves.mean(axis=0).tolist(),
             "selection": "max" if higher_is_better else "min",
         },
         "mean_of_samples": {**summarize(per_sample.mean(axis=1)), "per_frame": values.mean(axis=(0, 1)).tolist()},
     }
+
+
+def best_sample_curves(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """``values`` (V, N, T) -> (V, T): per video the per-frame values of its best sample (by the mean over frames)."""
+    per_sample = values.mean(axis=2)
+    best = per_sample.argmax(axis=1) if higher_is_better else per_sample.argmin(axis=1)
+    return values[np.arange(values.shape[0]), best]
 
 
 def fvd_traj(real: np.ndarray, generated: np.ndarray) -> Dict[str, Any]:
@@ -80,6 +95,24 @@ def fvd_best(real: np.ndarray, generated: np.ndarray) -> Dict[str, Any]:
     return {"value": frechet_distance(real, generated[np.arange(len(real)), selected]), "selected": selected.tolist()}
 
 
+def paired_difference(extdm: np.ndarray, baseline: np.ndarray, higher_is_better: bool) -> Dict[str, Any]:
+    """``extdm`` (V videos, N samples, T frames) minus ``baseline`` (V, T), per video over its frames (ExtDM
+    averaged over samples too): summarized over videos, with the 95% interval and whether it excludes zero."""
+    difference = np.asarray(extdm, np.float64).mean(axis=(1, 2)) - np.asarray(baseline, np.float64).mean(axis=1)
+    summary = summarize(difference)
+    ci = summary["ci95"]
+    verdict = "not significant"
+    interval = None
+    if ci is not None:
+        interval = [summary["mean"] - ci, summary["mean"] + ci]
+        sign = 1 if higher_is_better else -1
+        if sign * interval[0] > 0 and sign * interval[1] > 0:
+            verdict = "win"
+        elif sign * interval[0] < 0 and sign * interval[1] < 0:
+            verdict = "loss"
+    return {**summary, "interval": interval, "verdict": verdict}
+
+
 def aggregate(records: List[Dict[str, np.ndarray]], methods: Sequence[str] = METHODS) -> Dict[str, Any]:
     """Final numbers from the per-video arrays (``features/clip_*.npz`` contents, in clip order)."""
     out: Dict[str, Any] = {}
@@ -94,6 +127,9 @@ def aggregate(records: List[Dict[str, np.ndarray]], methods: Sequence[str] = MET
                 section[metric] = aggregate_frame_metric(values, higher)
             else:  # one "sample": best_of_n == mean_of_samples, reported once
                 section[metric] = aggregate_frame_metric(values[:, None], higher)["mean_of_samples"]
+        if f"{method}/diversity_mse" in records[0]:
+            section["sample_diversity"] = {**summarize([float(r[f"{method}/diversity_mse"]) for r in records]),
+                                           "note": DIVERSITY_NOTE}
         fkey = f"{method}/i3d"
         if fkey in records[0] and "real/i3d" in records[0]:
             real = np.stack([r["real/i3d"] for r in records]).astype(np.float64)
@@ -107,4 +143,14 @@ def aggregate(records: List[Dict[str, np.ndarray]], methods: Sequence[str] = MET
                 section["fvd"] = frechet_distance(real, gen)
         if section:
             out[method] = section
+    paired = {
+        method: {metric: paired_difference(np.stack([r[f"extdm/{metric}"] for r in records]),
+                                           np.stack([r[f"{method}/{metric}"] for r in records]), higher)
+                 for metric, higher in FRAME_METRICS.items()
+                 if f"extdm/{metric}" in records[0] and f"{method}/{metric}" in records[0]}
+        for method in methods if method != "extdm"
+    }
+    paired = {method: section for method, section in paired.items() if section}
+    if paired:
+        out["paired_differences"] = paired
     return out

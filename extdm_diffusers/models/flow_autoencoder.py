@@ -83,7 +83,7 @@ class FlowAutoencoderEncoderOutput(BaseOutput):
     """Motion of every frame relative to the reference.
 
     optical_flow: (B, T, 2, h, w). occlusion_map: (B, T, 1, h, w) or None. features: (B, T, F, h', w')
-    bottleneck features of each frame.
+    bottleneck features of each frame (of the first ``feature_frames`` only where ``encode`` was given it).
     """
 
     optical_flow: torch.Tensor = None
@@ -246,14 +246,21 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         return output if return_dict else output.to_tuple()
 
     @apply_offload_hooks
-    def encode(self, frames: torch.Tensor, reference: torch.Tensor, return_dict: bool = True):
+    def encode(self, frames: torch.Tensor, reference: torch.Tensor, return_dict: bool = True,
+               feature_frames: Optional[int] = None):
         """Motion of every frame of ``frames`` (B, T, C, H, W) relative to ``reference`` (B, C, H, W), and the
-        bottleneck features of every frame: all frames go through the networks as one batch."""
+        bottleneck features of every frame: all frames go through the networks as one batch.
+        ``feature_frames``: features of the first that many frames only (a training clip's observed frames: the
+        denoiser reads no features of the future ones); ``None``: of all T."""
         self._check_image("frames", frames, 5)
         self._check_image("reference", reference, 4)
         self._check_same("batch size", frames=frames.shape[0], reference=reference.shape[0])
         self._check_same("frame size", frames=tuple(frames.shape[-2:]), reference=tuple(reference.shape[-2:]))
         b, t = frames.shape[:2]
+        if feature_frames is None:
+            feature_frames = t
+        elif isinstance(feature_frames, bool) or not isinstance(feature_frames, int) or not 1 <= feature_frames <= t:
+            raise ValueError(f"`feature_frames` must be an int in [1, {t}] (the frames given) or None, got {feature_frames!r}")
         flat = frames.reshape(b * t, *frames.shape[2:])
 
         source_regions = self._run(self.region_predictor, reference).repeat_interleave(t)
@@ -262,11 +269,12 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         motion = self._run(self.pixelwise_flow_predictor, reference, driving_regions, source_regions, background, t)
         flow = motion.optical_flow.permute(0, 3, 1, 2)
         occlusion = motion.occlusion_map
-        features = self._run(self.generator.encode, flat)[-1]
+        with_features = flat if feature_frames == t else frames[:, :feature_frames].reshape(-1, *frames.shape[2:])
+        features = self._run(self.generator.encode, with_features)[-1]
         output = FlowAutoencoderEncoderOutput(
             optical_flow=flow.reshape(b, t, *flow.shape[1:]),
             occlusion_map=None if occlusion is None else occlusion.reshape(b, t, *occlusion.shape[1:]),
-            features=features.reshape(b, t, *features.shape[1:]),
+            features=features.reshape(b, feature_frames, *features.shape[1:]),
         )
         return output if return_dict else output.to_tuple()
 

@@ -154,6 +154,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         use_deconv, padding_mode: upsampling by transposed conv, or nearest + conv with this padding.
         rotary_dim: features rotated by the rotary embedding; ``None``: min(32, attention_head_dim).
         time_bias_max_distance: largest distinguished time offset of the relative position bias.
+        motion_latent_scale: what the flow channels of the motion it denoises are: ``None``, the flow grid itself
+            (the original); a number s, s times the displacement from the identity grid, so that the motion's
+            spread is near the noise's (as latent diffusion scales its latents): the pipeline converts, the
+            network never reads it.
     """
 
     _supports_gradient_checkpointing = True
@@ -195,8 +199,11 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         padding_mode: str = "zeros",
         rotary_dim: Optional[int] = None,
         time_bias_max_distance: int = 32,
+        motion_latent_scale: Optional[float] = None,
     ):
         super().__init__()
+        if motion_latent_scale is not None and not motion_latent_scale > 0:
+            raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:
             raise ValueError(f"`condition_feature_mode` must be one of {CONDITION_FEATURE_MODES}, got {condition_feature_mode!r}")
         if block_layout not in BLOCK_LAYOUTS:

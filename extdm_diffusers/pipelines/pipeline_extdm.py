@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ..models.autoencoder_blocks import make_coordinate_grid
 from ..models.flow_autoencoder import FlowAutoencoder
 from ..models.unet_3d_extdm import ExtDMUNet3DModel
 
@@ -83,24 +84,55 @@ class MotionCondition:
         return MotionCondition(*(repeat(getattr(self, name)) for name in self.__dataclass_fields__))
 
 
+def flow_to_latents(flow: torch.Tensor, motion_latent_scale: Optional[float]) -> torch.Tensor:
+    """The flow channels of the denoiser's latents from flow grids (..., 2, h, w): the grid itself (``None``, the
+    original), or ``motion_latent_scale`` times its displacement from the identity grid."""
+    if motion_latent_scale is None:
+        return flow
+    return (flow - _identity_grid(flow)) * motion_latent_scale
+
+
+def latents_to_flow(latent_flow: torch.Tensor, motion_latent_scale: Optional[float]) -> torch.Tensor:
+    """Inverse of :func:`flow_to_latents`."""
+    if motion_latent_scale is None:
+        return latent_flow
+    return latent_flow / motion_latent_scale + _identity_grid(latent_flow)
+
+
+def _identity_grid(flow: torch.Tensor) -> torch.Tensor:
+    """The identity warp (2, h, w) in the flow's convention (x, y in [-1, 1]), broadcastable over (..., 2, h, w)."""
+    return make_coordinate_grid(*flow.shape[-2:], device=flow.device, dtype=flow.dtype).permute(2, 0, 1)
+
+
+def clamp_latents(latents: torch.Tensor, motion_latent_scale: Optional[float]) -> torch.Tensor:
+    """Latents (B, 3, T, h, w) whose flow grids lie in [-1, 1] and whose occlusion channel in [-1, 1], as the
+    original's sampler ends (on a thresholded x0 in [-1, 1])."""
+    if motion_latent_scale is None:
+        return latents.clamp(-1, 1)
+    flow = latents_to_flow(latents[:, :2].transpose(1, 2), motion_latent_scale).clamp(-1, 1)
+    return torch.cat([flow_to_latents(flow, motion_latent_scale).transpose(1, 2), latents[:, 2:].clamp(-1, 1)], dim=1)
+
+
 def encode_condition(
     flow_autoencoder: FlowAutoencoder,
     frames: torch.Tensor,
     num_cond_frames: int,
     num_feature_frames: int,
     use_occlusion: bool = True,
+    motion_latent_scale: Optional[float] = None,
 ) -> MotionCondition:
     """The denoiser's condition from ``frames`` (B, T, C, H, W): the first ``num_cond_frames`` are observed, the
     last of them is the reference; frames after them (training clips) become ``future_motion``. All T frames go
-    through the autoencoder in one batched call. Training and sampling both build the condition here."""
+    through the autoencoder in one batched call (features of the observed frames only). Training and sampling both
+    build the condition here."""
     reference = frames[:, num_cond_frames - 1]
-    encoded = flow_autoencoder.encode(frames, reference)
+    encoded = flow_autoencoder.encode(frames, reference, feature_frames=num_cond_frames)
     occlusion = encoded.occlusion_map if use_occlusion else None
     if occlusion is None:  # the original conditions on zeros where it does not use occlusion
         occlusion_channel = torch.zeros_like(encoded.optical_flow[:, :, :1])
     else:
         occlusion_channel = occlusion * 2 - 1
-    motion = torch.cat([encoded.optical_flow, occlusion_channel], dim=2).transpose(1, 2)
+    motion = torch.cat([flow_to_latents(encoded.optical_flow, motion_latent_scale), occlusion_channel], dim=2).transpose(1, 2)
     features = encoded.features
     observed = features[:, : num_cond_frames - 1]
     repeats = num_feature_frames - observed.shape[1]
@@ -287,7 +319,8 @@ class ExtDMPipeline(DiffusionPipeline):
 
     def encode_condition(self, frames: torch.Tensor, use_occlusion: bool = True) -> MotionCondition:
         """The denoiser's condition from ``frames`` (B, num_cond_frames [+ K], C, H, W); see ``encode_condition``."""
-        return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion)
+        return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion,
+                                self.unet.config.motion_latent_scale)
 
     def resolve_use_occlusion(self, use_occlusion: Optional[bool]) -> bool:
         """``use_occlusion`` of ``__call__``: ``None`` means whether the autoencoder estimates occlusion maps."""
@@ -333,7 +366,8 @@ class ExtDMPipeline(DiffusionPipeline):
         occlusion the frames are plain warps of the reference, as the original evaluation of KTH and BAIR."""
         motion = motion.transpose(1, 2)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
-        return self.flow_autoencoder.decode(reference, motion[:, :, :2], occlusion).sample
+        flow = latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale)
+        return self.flow_autoencoder.decode(reference, flow, occlusion).sample
 
     def check_latents(self, latents: Optional[torch.Tensor], batch_size: int, motion_size, num_windows: int, dtype, device):
         """User-given initial noise, for the first window or for all of them; None draws it per window."""
@@ -417,7 +451,7 @@ class ExtDMPipeline(DiffusionPipeline):
             )
         # The original's sampler ends on a thresholded x0 in [-1, 1]; keep every scheduler's motion there so that
         # decoding and re-encoding never see grids far outside the frame.
-        return sample.clamp(-1, 1)
+        return clamp_latents(sample, self.unet.config.motion_latent_scale)
 
     def next_window_condition(self, condition: MotionCondition, decoded: torch.Tensor, use_occlusion: bool) -> MotionCondition:
         """The next window's condition: the last ``num_cond_frames`` frames of [the observed frames as the
@@ -431,11 +465,11 @@ class ExtDMPipeline(DiffusionPipeline):
             next_frames = torch.cat([reconstructed, decoded], dim=1)
         return self.encode_condition(next_frames, use_occlusion)
 
-    @staticmethod
-    def motion_to_output(sample: torch.Tensor) -> torch.Tensor:
-        """Denoised motion (B, 3, T, h, w) -> (B, T, 3, h, w) with the occlusion in [0, 1]."""
+    def motion_to_output(self, sample: torch.Tensor) -> torch.Tensor:
+        """Denoised motion (B, 3, T, h, w) -> (B, T, 3, h, w): the flow grid and the occlusion in [0, 1]."""
         motion = sample.transpose(1, 2)
-        return torch.cat([motion[:, :, :2], (motion[:, :, 2:] + 1) * 0.5], dim=2)
+        flow = latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale)
+        return torch.cat([flow, (motion[:, :, 2:] + 1) * 0.5], dim=2)
 
     def postprocess(self, frames: List[torch.Tensor], num_frames: int, output_type: str):
         """Decoded windows -> the first ``num_frames`` frames as ``output_type``."""

@@ -87,6 +87,9 @@ class TrainingTask:
         return unwrapped
 
     def make_optimizer(self, parameters: Iterable[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
+        """The optimizer, ``fused=True``: one pass per tensor without temporaries. torch's default on the CPU is
+        the per-tensor loop, whose temporaries of the weights' size made Adam a sixth of an autoencoder step
+        (docs/performance.md, training steps)."""
         raise NotImplementedError
 
     def loss_step(self, model: nn.Module, batch: Dict[str, Any], generator: torch.Generator, step: int,

@@ -39,6 +39,7 @@ from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 from .arguments import TrainingArgumentError, add_common_arguments, model_config_overrides, parse_training_args
 from .dataset_checks import check_clip_lengths, check_frame_shape
 from .diffusion_loss import denoising_loss
+from .hub import usage_example
 from .loop import TaskNames, TrainingTask, train
 from .tracking import write_gif
 
@@ -88,16 +89,18 @@ def load_flow_autoencoder(path: str):
 
 
 def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timesteps, model_output, future_frames,
-                           use_occlusion: bool) -> Dict[str, float]:
+                           use_occlusion: bool, motion_latent_scale: Optional[float] = None) -> Dict[str, float]:
     """rec_loss, rec_warp_loss: L1 between the real future frames and the frames decoded from the thresholded
     x̂0 (with the occlusion blend, and the plain warp)."""
+    from ..pipelines.pipeline_extdm import latents_to_flow
+
     with torch.no_grad():
         target = condition.future_motion.float()
         noisy = scheduler.add_noise(target, noise.float(), timesteps)
         x0 = scheduler.predict_original_sample(model_output.float(), timesteps, noisy)
         motion = x0.transpose(1, 2).to(condition.reference.dtype)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
-        decoded = flow_autoencoder.decode(condition.reference, motion[:, :, :2], occlusion)
+        decoded = flow_autoencoder.decode(condition.reference, latents_to_flow(motion[:, :, :2], motion_latent_scale), occlusion)
         future = future_frames.to(decoded.sample.dtype)
         return {
             "rec_loss": F.l1_loss(decoded.sample.float(), future.float()).item(),
@@ -105,15 +108,15 @@ def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timest
         }
 
 
-def model_card_body(benchmark, num_cond: int, num_pred: int) -> str:
+def model_card_body(flow_autoencoder_config, unet_config, frame_size: int) -> str:
+    """The card's description and usage example, with the pipeline's own frame size (the autoencoder's, else
+    ``frame_size``), channels and window."""
+    size = flow_autoencoder_config.get("sample_size") or frame_size
     return (
         "An [ExtDM](https://github.com/nku-zhichengzhang/ExtDM) video-prediction pipeline (flow autoencoder + "
-        f"denoiser + DDIM scheduler) trained with extdm-diffusers: {num_cond} observed frames -> {num_pred} "
-        "predicted frames per window (longer horizons are rolled out window by window).\n\n"
-        "```python\nimport torch\nfrom extdm_diffusers import ExtDMPipeline\n\n"
-        "pipe = ExtDMPipeline.from_pretrained(\"PATH_OR_REPO\")\n"
-        f"video = torch.rand(1, {num_cond}, 3, {benchmark.frame_size}, {benchmark.frame_size})  # observed frames in [0, 1]\n"
-        f"frames = pipe(video, num_frames={num_pred}, generator=torch.Generator().manual_seed(0)).frames\n```"
+        f"denoiser + DDIM scheduler) trained with extdm-diffusers: {unet_config['num_cond_frames']} observed frames -> "
+        f"{unet_config['num_pred_frames']} predicted frames per window at {size}x{size} (longer horizons are rolled "
+        "out window by window).\n\n" + usage_example(flow_autoencoder_config, unet_config, frame_size=size)
     )
 
 
@@ -173,7 +176,6 @@ class DenoiserTask(TrainingTask):
 
     def build_model(self, accelerator, dtype: torch.dtype) -> Tuple[nn.Module, nn.Module]:
         from ..models import ExtDMUNet3DModel
-        from ..schedulers import ExtDMDDIMScheduler
 
         ae = self.flow_autoencoder
         self.frozen_ae = ae if dtype == torch.float32 else copy.deepcopy(ae)
@@ -185,13 +187,25 @@ class DenoiserTask(TrainingTask):
         if self.args.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.num_feature_frames = unet.num_feature_frames
-        self.noise_scheduler = ExtDMDDIMScheduler(prediction_type=self.args.prediction_type)
+        self.noise_scheduler = self.make_scheduler()
         return unet, unet
+
+    @property
+    def motion_latent_scale(self) -> Optional[float]:
+        return self.unet_config.get("motion_latent_scale")
+
+    def make_scheduler(self):
+        """The original's sampler; for scaled displacement latents (``motion_latent_scale``) without its dynamic
+        thresholding, which divides every x0 whose 0.9 quantile exceeds 1 and would shrink their motion."""
+        from ..schedulers import ExtDMDDIMScheduler
+
+        return ExtDMDDIMScheduler(prediction_type=self.args.prediction_type, thresholding=self.motion_latent_scale is None)
 
     def make_optimizer(self, parameters, learning_rate: float) -> torch.optim.Optimizer:
         training = self.training
+        # fused: see TrainingTask.make_optimizer
         return torch.optim.AdamW(parameters, lr=learning_rate, betas=training.adam_betas, eps=self.args.adam_epsilon,
-                                 weight_decay=training.weight_decay)
+                                 weight_decay=training.weight_decay, fused=True)
 
     def logs_at(self, step: int) -> bool:
         return bool(self.args.log_reconstruction_steps) and step % self.args.log_reconstruction_steps == 0
@@ -202,7 +216,7 @@ class DenoiserTask(TrainingTask):
         frames = batch["video"].to(self.device, dtype=self.dtype)
         with torch.no_grad():
             condition = encode_condition(self.frozen_ae, frames, self.num_cond, self.num_feature_frames,
-                                         self.use_occlusion_train)
+                                         self.use_occlusion_train, self.motion_latent_scale)
         target = condition.future_motion.float()
         noise = torch.randn(target.shape, generator=generator, device=self.device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (target.shape[0],),
@@ -219,16 +233,15 @@ class DenoiserTask(TrainingTask):
         condition, noise, timesteps, model_output, future = self._kept
         self._kept = None
         return reconstruction_metrics(self.frozen_ae, self.noise_scheduler, condition, noise, timesteps, model_output,
-                                      future, self.use_occlusion_train)
+                                      future, self.use_occlusion_train, self.motion_latent_scale)
 
     def pipeline(self, unet: nn.Module):
         from ..pipelines import ExtDMPipeline
-        from ..schedulers import ExtDMDDIMScheduler
 
         # the benchmark as trained (the autoencoder's config, the denoiser's window) goes into model_index.json
         recorded = self.benchmark.for_models(self.flow_autoencoder.config, unet.config)
         pipe = ExtDMPipeline(flow_autoencoder=self.flow_autoencoder, unet=unet,
-                             scheduler=ExtDMDDIMScheduler(prediction_type=self.args.prediction_type),
+                             scheduler=self.make_scheduler(),
                              benchmark=recorded.to_dict())
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -238,7 +251,7 @@ class DenoiserTask(TrainingTask):
 
     def model_card(self) -> Dict[str, Any]:
         return {"title": f"ExtDM {self.benchmark.display_name}", "extra_tags": ["video-prediction-pipeline"],
-                "body": model_card_body(self.benchmark, self.num_cond, self.num_pred)}
+                "body": model_card_body(self.flow_autoencoder.config, self.unet_config, self.benchmark.frame_size)}
 
     def has_validation_data(self) -> bool:
         return self.test_data is not None

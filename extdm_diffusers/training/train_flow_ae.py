@@ -176,7 +176,8 @@ class FlowAutoencoderTask(TrainingTask):
         return unwrapped.autoencoder
 
     def make_optimizer(self, parameters, learning_rate: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=learning_rate, betas=self.training.adam_betas)
+        # fused: see TrainingTask.make_optimizer
+        return torch.optim.Adam(parameters, lr=learning_rate, betas=self.training.adam_betas, fused=True)
 
     def loss_step(self, model, batch, generator, step, last_micro) -> Dict[str, torch.Tensor]:
         source = batch["source"].to(self.device)

@@ -127,7 +127,7 @@ def resize_digits(images: np.ndarray, digit_size: int = DIGIT_SIZE) -> np.ndarra
 
 def generate_video(
     rng: np.random.RandomState, digits: np.ndarray, pool_size: int, num_frames: int, image_size: int,
-    max_speed: int = MAX_SPEED,
+    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """One SMMNIST video (T x H x W x 1 uint8) and the indices of its digits.
 
@@ -138,12 +138,14 @@ def generate_video(
     digit_size = digits.shape[-1]
     limit = image_size - digit_size  # positions live in [0, limit - 1]
     chosen = []
-    for _ in range(NUM_DIGITS):
+    for _ in range(num_digits):
         index = rng.randint(pool_size)
         chosen.append(int(index))
         digit = digits[index]
         sx, sy = rng.randint(limit), rng.randint(limit)
         dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
+        while moving_digits and dx == dy == 0:  # a digit drawn at rest never bounces: it would stay still
+            dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
         for t in range(num_frames):
             # bounce: clamp to the wall, then a fresh velocity pointing away from it
             if sy < 0:
@@ -167,7 +169,8 @@ def generate_video(
 
 def smmnist_rows(
     source: str, raw_dir: str | None, split: str, num_videos: int, num_frames: int, image_size: int, seed: int,
-    pool_size: int | None, digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED,
+    pool_size: int | None, digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS,
+    moving_digits: bool = False,
 ) -> Iterator[dict]:
     images, labels = bundled_digits(split) if source == "bundled" else mnist_digits(Path(raw_dir), split)
     pool_size = len(images) if pool_size is None else pool_size
@@ -176,7 +179,7 @@ def smmnist_rows(
     digits = resize_digits(images[:pool_size], digit_size)
     rng = np.random.RandomState(seed)  # the legacy stream: same numbers as the original's np.random.seed
     for index in tqdm(range(num_videos), desc=f"smmnist {split}"):
-        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size, max_speed)
+        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size, max_speed, num_digits, moving_digits)
         yield {
             "video": encode_frames(video),
             "num_frames": num_frames,
@@ -212,9 +215,12 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
     parser.add_argument("--digit_size", type=int, default=DIGIT_SIZE,
                         help=f"digit side in pixels (original: {DIGIT_SIZE}); smaller digits in smaller frames make a quick SMMNIST")
     parser.add_argument("--max_speed", type=int, default=MAX_SPEED, help=f"largest speed in pixels per frame (original: {MAX_SPEED})")
+    parser.add_argument("--num_digits", type=int, default=NUM_DIGITS, help=f"digits per video (original: {NUM_DIGITS})")
+    parser.add_argument("--moving_digits", action="store_true",
+                        help="draw a digit's initial velocity again while it is (0, 0) (original: a digit may stay still)")
     args = parser.parse_args(argv)
 
-    for name in ("num_train", "num_test", "num_frames", "digit_size", "max_speed"):
+    for name in ("num_train", "num_test", "num_frames", "digit_size", "max_speed", "num_digits"):
         if getattr(args, name) <= 0:
             raise BuildError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.image_size <= args.digit_size:
@@ -229,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
         raw_dir = str(args.raw_dir)
 
     common = {"source": args.source, "raw_dir": raw_dir, "num_frames": args.num_frames, "image_size": args.image_size,
-              "digit_size": args.digit_size, "max_speed": args.max_speed}
+              "digit_size": args.digit_size, "max_speed": args.max_speed, "num_digits": args.num_digits,
+              "moving_digits": args.moving_digits}
     splits = {
         "train": (smmnist_rows, {**common, "split": "train", "num_videos": args.num_train, "seed": args.train_seed,
                                  "pool_size": None}),
