@@ -19,6 +19,16 @@ BENCHMARK = {"base": "kth", "name": "tiny-robot", "frame_size": 32, "flow_autoen
              "train_pred_frames": 3, "evaluation": {"cond_frames": 2, "pred_frames": 6, "num_inference_steps": 2}}
 
 
+
+def save_tiny_pipeline(folder, definition) -> None:
+    """A random tiny pipeline of the benchmark ``definition`` (seeded), recording its benchmark, saved to ``folder``."""
+    benchmark = load_benchmark(definition)
+    torch.manual_seed(0)
+    pipe = benchmark.random_pipeline(base_channels=8, channel_mults=(1, 2), attention_heads=2, attention_head_dim=4,
+                                     resnet_groups=4, trajectory_attention_heads=2)
+    pipe.register_to_config(benchmark=benchmark.for_models(pipe.flow_autoencoder.config, pipe.unet.config).to_dict())
+    pipe.save_pretrained(folder)
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -49,12 +59,7 @@ def moving_square(num_frames, height, width):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    benchmark = load_benchmark(BENCHMARK)
-    torch.manual_seed(0)
-    pipe = benchmark.random_pipeline(base_channels=8, channel_mults=(1, 2), attention_heads=2, attention_head_dim=4,
-                                     resnet_groups=4, trajectory_attention_heads=2)
-    pipe.register_to_config(benchmark=benchmark.for_models(pipe.flow_autoencoder.config, pipe.unet.config).to_dict())
-    pipe.save_pretrained(root / "pipeline")
+    save_tiny_pipeline(root / "pipeline", BENCHMARK)
     portrait = write_mp4(root / "portrait.mp4", moving_square(10, 56, 40))  # 40 wide, 56 high: scaled and cropped
     import imageio.v3 as iio
 

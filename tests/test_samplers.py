@@ -23,7 +23,6 @@ from diffusers import (
 )
 
 from extdm_diffusers import evaluation
-from extdm_diffusers.benchmarks import load_benchmark
 from extdm_diffusers.data import encode_frames, video_features
 from extdm_diffusers.models import ExtDMUNet3DModel
 from extdm_diffusers.pipelines import ExtDMPipeline
@@ -38,15 +37,13 @@ from extdm_diffusers.schedulers import (
     resolve_sampler,
 )
 
+from test_predict import TINY_AE, save_tiny_pipeline  # the 32-pixel test pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"ddim_original": ExtDMDDIMScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler,
            "dpm": DPMSolverMultistepScheduler, "dpm_sde": DPMSolverMultistepScheduler,
            "unipc": UniPCMultistepScheduler, "euler": EulerDiscreteScheduler,
            "euler_ancestral": EulerAncestralDiscreteScheduler}
-TINY_AE = {"num_regions": 2, "region_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2},
-           "bg_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2},
-           "generator_params": {"block_expansion": 4, "max_features": 16, "num_bottleneck_blocks": 1,
-                                "pixelwise_flow_predictor_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2}}}
 # a 3-frame window and a 5-frame horizon: two windows per video
 BENCHMARK = {"base": "kth", "name": "tiny-samplers", "frame_size": 32, "flow_autoencoder": TINY_AE, "train_cond_frames": 2,
              "train_pred_frames": 3, "evaluation": {"cond_frames": 2, "pred_frames": 5, "num_videos": 2, "num_samples": 3}}
@@ -157,12 +154,7 @@ def test_evaluate_and_predict_refuse_unknown_or_conflicting_sampler_flags(tmp_pa
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("samplers")
-    benchmark = load_benchmark(BENCHMARK)
-    torch.manual_seed(0)
-    pipe = benchmark.random_pipeline(base_channels=8, channel_mults=(1, 2), attention_heads=2, attention_head_dim=4,
-                                     resnet_groups=4, trajectory_attention_heads=2)
-    pipe.register_to_config(benchmark=benchmark.for_models(pipe.flow_autoencoder.config, pipe.unet.config).to_dict())
-    pipe.save_pretrained(root / "pipeline")
+    save_tiny_pipeline(root / "pipeline", BENCHMARK)
     rng = np.random.default_rng(0)
     rows = []
     for i in range(2):
