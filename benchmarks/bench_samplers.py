@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
+from extdm_diffusers.cpu_features import cpu_description
 from extdm_diffusers.evaluation import EvaluationConfig, evaluate
 from extdm_diffusers.evaluation import records
 from extdm_diffusers.evaluation.config import AUTOCAST_DTYPES, DTYPES, FRAME_METRICS
@@ -42,19 +40,6 @@ from extdm_diffusers.schedulers import SCHEDULER_NAMES
 
 REFERENCE = ("ddim_original", 10)
 DIVERSITY_TOLERANCE = 0.10
-
-
-def cpu_description() -> Dict[str, Any]:
-    """The CPU model and the vector flags that decide bf16 speed (AVX-512, AMX), as every number needs them."""
-    model, flags = platform.processor(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1)
-        flags = set(re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split())
-    except (OSError, AttributeError):
-        pass
-    return {"model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "torch_threads": torch.get_num_threads()}
 
 
 def setting_key(scheduler: str, steps: int, dtype: str = "float32", autocast: Optional[str] = None) -> str:
@@ -127,32 +112,44 @@ def run_setting(args: argparse.Namespace, setting: Dict[str, Any], folder: Path)
 
 
 def plot(results: Dict[str, Any], path: Path) -> None:
-    """PSNR and SSIM (mean of samples solid, best of N dashed) against denoiser calls per video, one line per
-    scheduler, the reference as a horizontal line."""
+    """PSNR and SSIM (mean of samples solid, best of N dashed, both marked at every setting; filled where the
+    setting holds) against denoiser calls per video, one line per scheduler, the reference as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     settings = results["settings"]
     reference = settings[setting_key(*REFERENCE)]
+    all_calls = sorted({s["denoiser_calls_per_video"] for s in settings.values()})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric in zip(axes, ("psnr", "ssim")):
         for scheduler in dict.fromkeys(s["scheduler"] for s in settings.values()):
             rows = sorted((s for s in settings.values() if s["scheduler"] == scheduler and metric in s),
                           key=lambda s: s["denoiser_calls_per_video"])
             calls = [s["denoiser_calls_per_video"] for s in rows]
-            line, = ax.plot(calls, [s[metric]["mean_of_samples"]["mean"] for s in rows], "o-", label=scheduler)
-            ax.plot(calls, [s[metric]["best_of_n"]["mean"] for s in rows], "--", color=line.get_color(), alpha=0.6)
+            line, = ax.plot(calls, [s[metric]["mean_of_samples"]["mean"] for s in rows], "-", label=scheduler)
+            colour = line.get_color()
+            ax.plot(calls, [s[metric]["best_of_n"]["mean"] for s in rows], "--", color=colour, alpha=0.6)
+            for kind, marker in (("mean_of_samples", "o"), ("best_of_n", "^")):
+                for row, x in zip(rows, calls):
+                    held = bool(row.get("holds"))
+                    ax.plot([x], [row[metric][kind]["mean"]], marker, color=colour, markersize=5,
+                            markerfacecolor=colour if held else "white", alpha=1.0 if kind == "mean_of_samples" else 0.7)
         for kind, style in (("mean_of_samples", "-"), ("best_of_n", "--")):
             ax.axhline(reference[metric][kind]["mean"], color="black", linestyle=style, linewidth=0.8)
         ax.set_xscale("log")
+        ax.set_xticks(all_calls)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("denoiser calls per video (one sample, whole horizon)")
-        ax.set_ylabel(f"{metric.upper()} (solid: mean of samples, dashed: best of N)")
-        ax.set_title(f"{metric.upper()}; black: ddim_original, 10 steps")
+        ax.set_ylabel(metric.upper())
     axes[0].legend(fontsize=8)
     meta = results["metadata"]
-    fig.suptitle(f"{meta['benchmark']}: {meta['num_videos']} videos, {meta['num_samples']} samples each")
+    fig.suptitle(f"{meta['benchmark']}: {meta['num_videos']} videos, {meta['num_samples']} samples each\no solid: mean of "
+                 "samples, ^ dashed: best of N; filled: within the reference's paired CI and diversity; black: "
+                 "ddim_original, 10 steps", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -14,7 +14,10 @@ b. ``motion_window_1``: the denoiser's motion in window 1 against the autoencode
 c. ``frames.extdm``, ``frames.copy_last_frame``: PSNR, SSIM, sharpness against the truth's, centroid errors;
 d. ``second_window``: window 2 of the rollout, and window 2 teacher-forced: conditioned as the pipeline
    conditions it, but on the frames the autoencoder decodes from the true motion of window 1 instead of the
-   predicted ones, with the same noise; the gap between the two is the error window 1 hands on.
+   predicted ones, with the same noise; the gap between the two is the error window 1 hands on;
+e. ``frames_predictable`` and ``frames_after_a_fresh_velocity``: section c split by whether some digit has drawn a
+   fresh velocity (SMMNIST's stochastic bounce) since the last observed frame, from the builder's replayed draws
+   (``smmnist.split_paths``): only on the first can one sample be expected to follow the truth.
 
 Writes ``RUN_DIR/diagnosis.json`` and prints the markdown tables (for ``docs/quickstart.md``). The motion of the
 free rollout's window 2 is relative to a predicted frame, which has no true encoding; it is not reported.
@@ -27,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from extdm_diffusers.data import load_video_dataset
@@ -221,14 +225,51 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
     return out
 
 
+def _finite_or_none(value: float) -> Optional[float]:
+    return None if value != value else value  # NaN: no video counted there (JSON has no NaN)
+
+
 def _summary(values: torch.Tensor, window: int) -> Dict[str, Any]:
-    """(V, T) per-frame values -> the mean over videos per frame, per window of ``window`` frames, and overall."""
-    per_frame = values.mean(dim=0)
+    """(V, T) per-frame values -> the mean over videos per frame, per window of ``window`` frames, and overall.
+    NaN entries (videos a subset leaves out at that frame) are not counted."""
+    per_frame = values.nanmean(dim=0)
     return {
-        "per_frame": per_frame.tolist(),
-        "per_window": [float(chunk.mean()) for chunk in per_frame.split(window)],
-        "mean": float(values.mean()),
+        "per_frame": [_finite_or_none(v) for v in per_frame.tolist()],
+        "per_window": [_finite_or_none(float(values[:, i : i + window].nanmean())) for i in range(0, values.shape[1], window)],
+        "mean": _finite_or_none(float(values.nanmean())),
     }
+
+
+def predictable_frames(settings: Dict[str, Any], video_indices: Sequence[int], cond_frames: int,
+                       horizon: int) -> Optional[torch.Tensor]:
+    """(V, horizon) bool: True where no digit of the clip's video has drawn a fresh velocity (SMMNIST's stochastic
+    bounce) since the last observed frame, so that the observed frames determine the true future; None where the
+    run's data is not the quick start's bundled SMMNIST (whose draws can be replayed)."""
+    from extdm_diffusers.data.builders import smmnist
+
+    needed = ("num_test_videos", "num_frames", "frame_size", "digit_size", "max_speed")
+    if any(name not in settings for name in needed):
+        return None
+    paths = smmnist.split_paths(
+        settings["num_test_videos"], settings["num_frames"], settings["frame_size"], seed=0,
+        pool_size=settings["num_test_videos"], digit_size=settings["digit_size"], max_speed=settings["max_speed"],
+        num_digits=settings.get("num_digits", 2), moving_digits=settings.get("moving_digits", False))
+    masks = [paths[i].predictable(cond_frames)[cond_frames : cond_frames + horizon] for i in video_indices]
+    return torch.from_numpy(np.stack(masks))
+
+
+def split_by_predictability(arrays: Dict[str, Dict[str, torch.Tensor]], mask: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The ``frames`` section's (V, T) arrays restricted to the predictable (video, frame) pairs and to the others
+    (NaN elsewhere), with the share of videos that are predictable at each frame."""
+    out: Dict[str, Dict[str, torch.Tensor]] = {"frames_predictable/videos": {"share": mask.double()}}
+    for key, metrics in arrays.items():
+        section, method = key.split("/")
+        if section != "frames":
+            continue
+        for name, keep in (("frames_predictable", mask), ("frames_after_a_fresh_velocity", ~mask)):
+            out[f"{name}/{method}"] = {metric: torch.where(keep, values.double(), torch.nan)
+                                       for metric, values in metrics.items()}
+    return out
 
 
 def summarize(arrays: Dict[str, Dict[str, torch.Tensor]], window: int, first_frames: Dict[str, int]) -> Dict[str, Any]:
@@ -244,13 +285,17 @@ def summarize(arrays: Dict[str, Dict[str, torch.Tensor]], window: int, first_fra
     return sections
 
 
-_DIGITS = {"psnr": 2, "ssim": 3, "sharpness_ratio": 2, "centroid_error_px": 2, "blob_centroid_error_px": 2,
+_DIGITS = {"share": 2, "psnr": 2, "ssim": 3, "sharpness_ratio": 2, "centroid_error_px": 2, "blob_centroid_error_px": 2,
            "flow_error_px": 2, "occlusion_mae": 3}
 _TITLES = {
     "frames": "Predicted frames against the truth (a: the autoencoder's ceiling; c: the rollout beside copying)",
     "motion_window_1": "b. Window 1's motion against the autoencoder's encoding of the true frames",
     "motion_window_2_teacher_forced": "b. Window 2's motion, teacher-forced, against the true frames' encoding",
     "second_window": "d. The second window: the rollout's, and teacher-forced from the true window-1 motion",
+    "frames_predictable": "e. Frames the observed ones determine: no digit has drawn a fresh velocity (a stochastic "
+                          "bounce) since the last observed frame (videos.share: the share of videos counted per frame)",
+    "frames_after_a_fresh_velocity": "e. The other frames: some digit has bounced and drawn a fresh, unobservable "
+                                     "velocity, so one sample cannot be expected to follow the truth",
 }
 
 
@@ -270,7 +315,8 @@ def markdown_tables(sections: Dict[str, Any]) -> str:
             for name, summary in metrics.items():
                 digits = _DIGITS.get(name, 3)
                 values = summary["per_frame"] + (summary["per_window"] if windows > 1 else []) + [summary["mean"]]
-                lines.append("| " + " | ".join([method, name, *(f"{v:.{digits}f}" for v in values)]) + " |")
+                cells = ("–" if v is None else f"{v:.{digits}f}" for v in values)
+                lines.append("| " + " | ".join([method, name, *cells]) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -314,9 +360,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             for name, value in metrics.items():
                 arrays.setdefault(key, {}).setdefault(name, []).append(value.cpu())
     window = pipe.num_pred_frames
+    arrays = {k: {n: torch.cat(v) for n, v in m.items()} for k, m in arrays.items()}
+    mask = predictable_frames(settings, clips.video_indices or range(len(clips)), protocol.cond_frames, protocol.pred_frames)
+    if mask is not None:
+        arrays.update(split_by_predictability(arrays, mask))
     # the sections in the order the tables print them, with the number of their first predicted frame
     first_frames = {"frames": 1, "motion_window_1": 1, "motion_window_2_teacher_forced": window + 1,
-                    "second_window": window + 1}
+                    "second_window": window + 1, "frames_predictable": 1, "frames_after_a_fresh_velocity": 1}
     result = {
         "run_dir": str(run_dir),
         "settings": {"num_videos": len(clips), "num_samples": protocol.num_samples, "seed": protocol.seed,
@@ -324,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                      "frame_size": list(batch.shape[-2:]), "num_inference_steps": protocol.num_inference_steps,
                      "eta": protocol.eta, "use_occlusion": use_occlusion},
         "notes": NOTES,
-        **summarize({k: {n: torch.cat(v) for n, v in m.items()} for k, m in arrays.items()}, window, first_frames),
+        **summarize(arrays, window, first_frames),
     }
     atomic_write_text(run_dir / "diagnosis.json", json.dumps(result, indent=2) + "\n")
     print(markdown_tables({k: result[k] for k in first_frames if k in result}), flush=True)

@@ -124,6 +124,7 @@ def load_pipeline(name_or_path: str, device: str, dtype: str):
     import torch
     from diffusers.utils import logging
 
+    from .cpu_features import warn_if_slow_cpu_bf16
     from .pipelines import ExtDMPipeline
 
     local = Path(name_or_path)
@@ -146,6 +147,7 @@ def load_pipeline(name_or_path: str, device: str, dtype: str):
         raise PredictInputError(f"--device {device}: {str(error).splitlines()[0]}") from None
     if getattr(torch, dtype) != pipe.unet.dtype:
         pipe = pipe.to(dtype=getattr(torch, dtype))
+    warn_if_slow_cpu_bf16(pipe.device, pipe.unet.dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

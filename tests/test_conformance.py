@@ -118,6 +118,24 @@ def test_pipeline_with_both_models_group_offloaded_to_disk(reference_pipeline_fa
     torch.testing.assert_close(pipe(video, **kwargs).frames, expected, rtol=0, atol=1e-4)
 
 
+def test_pipeline_with_both_models_sequentially_offloaded(reference_pipeline_factory):
+    """The hooks enable_sequential_cpu_offload installs (accelerate's cpu_offload on each model, weights on the
+    meta device until a layer runs), called twice: every layer the pipeline reaches gets its weights back and
+    gives them up again. On the CPU diffusers itself asks for device "cpu:0", for which torch's Parameter.to
+    returns a plain tensor that accelerate cannot offload again (diffusers' own DDPMPipeline fails the same way);
+    the execution device a GPU gives is what is tested here."""
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")
+    video = t["inputs.video"].permute(0, 2, 1, 3, 4)
+    kwargs = dict(eta=0.0, latents=t["inputs.initial_noise"], num_inference_steps=3, output_type="pt")
+    expected = pipe(video, **kwargs).frames
+    for model in (pipe.unet, pipe.flow_autoencoder):
+        cpu_offload(model, execution_device=torch.device("cpu"), offload_buffers=True)
+    assert pipe.flow_autoencoder.region_predictor.regions.weight.device.type == "meta"
+    for _ in range(2):
+        torch.testing.assert_close(pipe(video, **kwargs).frames, expected, rtol=0, atol=1e-5)
+    assert pipe.unet.conv_in.weight.device.type == "meta"
+
+
 # ------------------------------------------------------------------------------------------ device_map
 def test_device_map_auto_loads_both_models(tmp_path, autoencoder):
     assert ExtDMUNet3DModel._no_split_modules and FlowAutoencoder._no_split_modules

@@ -113,6 +113,39 @@ def test_one_moving_digit_per_video():
     assert not any(still(video(seed, moving_digits=True)[0]) for seed in at_rest)
 
 
+def test_digit_paths_are_where_the_video_draws_the_digits_and_mark_every_bounce():
+    digits = np.ones((5, 8, 8), np.float32)
+    rng_video, rng_paths = np.random.RandomState(7), np.random.RandomState(7)
+    video, chosen = smmnist.generate_video(rng_video, digits, 5, 60, 24, 2, num_digits=1)
+    paths = smmnist.digit_paths(rng_paths, 5, 60, 24, 8, 2, num_digits=1)
+    assert paths.chosen == chosen and rng_video.randint(1 << 30) == rng_paths.randint(1 << 30)  # the same draws
+    for t, (y, x) in enumerate(paths.positions[0]):
+        rows, cols = np.nonzero(video[t, ..., 0])
+        assert (rows.min(), cols.min()) == (y, x)
+    steps = np.diff(paths.positions[0], axis=0)
+    # a velocity changes only where a bounce drew a fresh one (at the frame it hit the wall, or after the clamp)
+    changed = np.nonzero((steps[1:] != steps[:-1]).any(axis=1))[0] + 1
+    bounces = set(np.nonzero(paths.redrawn[0])[0])
+    assert changed.size and all(t in bounces or t + 1 in bounces for t in changed)
+    assert paths.redrawn[0].sum() >= 3
+
+
+def test_predictable_frames_end_at_the_first_fresh_velocity_after_the_observed_ones():
+    redrawn = np.zeros((2, 12), bool)
+    redrawn[0, 2] = True   # before the last observed frame: seen
+    redrawn[1, 8] = True   # digit 1 bounces at frame 8
+    paths = smmnist.DigitPaths([0, 1], np.zeros((2, 12, 2), np.int64), redrawn)
+    assert paths.predictable(5).tolist() == [False] * 5 + [True] * 3 + [False] * 4
+    redrawn[0, 4] = True   # at the last observed frame (4): its fresh velocity moves the digit only from frame 5 on
+    assert not paths.predictable(5).any()
+
+
+def test_split_paths_replay_the_builders_draws():
+    rows = list(smmnist.smmnist_rows("bundled", None, "test", 6, 12, 32, seed=0, pool_size=6, digit_size=16, max_speed=2))
+    paths = smmnist.split_paths(6, 12, 32, seed=0, pool_size=6, digit_size=16, max_speed=2)
+    assert [p.chosen for p in paths] == [row["digit_indices"] for row in rows]
+
+
 def _write_mnist(folder, count=40):
     rng = np.random.default_rng(0)
     files = {}

@@ -89,6 +89,26 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
     assert second["extdm_rollout"]["psnr"]["per_frame"] == pytest.approx(frames["extdm"]["psnr"]["per_frame"][5:])
     assert second["autoencoder"]["ssim"]["per_frame"] == pytest.approx(frames["autoencoder"]["ssim"]["per_frame"][5:])
 
+    # e. the frames split by whether a digit drew a fresh velocity after the observed frames (replayed draws)
+    from extdm_diffusers.data.builders import smmnist
+
+    settings = json.loads((run_dir / "quickstart_args.json").read_text())
+    paths = smmnist.split_paths(3, settings["num_frames"], settings["frame_size"], seed=0, pool_size=3,
+                                digit_size=settings["digit_size"], max_speed=settings["max_speed"],
+                                num_digits=settings["num_digits"])
+    mask = np.stack([p.predictable(5)[5:12] for p in paths])
+    share = result["frames_predictable"]["videos"]["share"]["per_frame"]
+    np.testing.assert_allclose(share, mask.mean(0))
+    for method in ("autoencoder", "extdm", "copy_last_frame"):
+        full = frames[method]["psnr"]["per_frame"]
+        clean = result["frames_predictable"][method]["psnr"]["per_frame"]
+        rest = result["frames_after_a_fresh_velocity"][method]["psnr"]["per_frame"]
+        for t in range(7):  # the two subsets partition the videos at every frame
+            parts = [(a, w) for a, w in ((clean[t], share[t]), (rest[t], 1 - share[t])) if w > 0]
+            assert all(a is not None for a, _ in parts)
+            assert sum(a * w for a, w in parts) == pytest.approx(full[t])
+            assert (clean[t] is None) == (share[t] == 0) and (rest[t] is None) == (share[t] == 1)
+
     printed = capsys.readouterr().out
     assert "| method | metric | 1 | 2 | 3 | 4 | 5 | 6 | 7 | window 1 | window 2 | mean |" in printed
     assert f"| autoencoder | psnr | {frames['autoencoder']['psnr']['per_frame'][0]:.2f} |" in printed

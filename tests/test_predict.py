@@ -148,3 +148,15 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(extra, message, as
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("extdm-predict: error: ") and message.format(root=root) in err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_warns_and_still_predicts(assets, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from extdm_diffusers import cpu_features
+
+    monkeypatch.setattr(cpu_features, "onednn_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=cpu_features.__name__):
+        run(assets, tmp_path / "bf16", "--dtype", "bfloat16", "--num_frames", "2", "--num_inference_steps", "2")
+    assert any(r.getMessage().startswith("--dtype bfloat16 on a CPU without AVX-512") for r in caplog.records)
+    assert read_video(tmp_path / "bf16").frames.shape == (2, 32, 32, 3)

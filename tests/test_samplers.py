@@ -274,7 +274,7 @@ def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeyp
             assert paired["n"] == 2 and paired["mean"] == pytest.approx(dpm[metric][kind]["mean"] - reference[metric][kind]["mean"])
     assert reference["sample_diversity"]["ratio_to_reference"] == 1 and reference["holds"] is True
     assert dpm["seconds_per_video"] > 0 and dpm["videos_timed"] == 2
-    assert {"model", "avx512f", "amx_bf16"} <= set(results["metadata"]["cpu"]) and json.loads(output.read_text()) == results
+    assert {"model", "avx512f", "amx_bf16", "native_bf16"} <= set(results["metadata"]["cpu"]) and json.loads(output.read_text()) == results
     assert (tmp_path / "samplers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a rerun skips the finished settings: nothing evaluated again, the same results

@@ -19,6 +19,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from ..cpu_features import warn_if_slow_cpu_bf16
 from ..data import load_video_dataset
 from ..file_io import atomic_write_text
 from ..pipelines import ExtDMPipeline
@@ -115,6 +116,7 @@ def evaluate(config: EvaluationConfig) -> Optional[Dict[str, Any]]:
         dtype = getattr(torch, config.dtype)
         if dtype != pipe.unet.dtype:  # (diffusers warns on every dtype cast, even a no-op one)
             pipe = pipe.to(dtype=dtype)
+        warn_if_slow_cpu_bf16(device, dtype, config.autocast and getattr(torch, config.autocast), what="--dtype/--autocast")
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = make_scheduler(config.sampler().scheduler, pipe.scheduler.config)
         if pipe.num_cond_frames != protocol.cond_frames:

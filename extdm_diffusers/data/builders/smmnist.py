@@ -20,11 +20,12 @@ Sources:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.util
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, List, Sequence
 
 import datasets
 import numpy as np
@@ -125,6 +126,66 @@ def resize_digits(images: np.ndarray, digit_size: int = DIGIT_SIZE) -> np.ndarra
 # --------------------------------------------------------------------- generator
 
 
+@dataclasses.dataclass
+class DigitPaths:
+    """Where each digit of one video is drawn: ``positions`` (num_digits, T, 2) as (y, x) of its top-left corner, and
+    ``redrawn`` (num_digits, T): True where the digit hit a wall at that frame and drew a fresh velocity (SMMNIST's
+    stochastic bounce), which the frames before it cannot tell."""
+
+    chosen: List[int]
+    positions: np.ndarray
+    redrawn: np.ndarray
+
+    def predictable(self, first: int) -> np.ndarray:
+        """(T,) True at frames from ``first`` on up to which no digit has drawn a fresh velocity at or after frame
+        ``first - 1``: there the frames before ``first`` determine every digit's position (a velocity drawn at frame
+        ``first - 1`` moves the digit only from frame ``first`` on, so it is not seen in the frames before)."""
+        since = np.zeros_like(self.redrawn)
+        since[:, max(first - 1, 0):] = self.redrawn[:, max(first - 1, 0):]
+        clean = ~np.cumsum(since, axis=1).astype(bool).any(axis=0)
+        clean[:first] = False
+        return clean
+
+
+def digit_paths(
+    rng: np.random.RandomState, pool_size: int, num_frames: int, image_size: int, digit_size: int,
+    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False,
+) -> DigitPaths:
+    """The digits and their paths for one video, drawing from ``rng`` in exactly the original's order."""
+    limit = image_size - digit_size  # positions live in [0, limit - 1]
+    chosen = []
+    positions = np.zeros((num_digits, num_frames, 2), dtype=np.int64)
+    redrawn = np.zeros((num_digits, num_frames), dtype=bool)
+    for d in range(num_digits):
+        chosen.append(int(rng.randint(pool_size)))
+        sx, sy = rng.randint(limit), rng.randint(limit)
+        dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
+        while moving_digits and dx == dy == 0:  # a digit drawn at rest never bounces: it would stay still
+            dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
+        for t in range(num_frames):
+            # bounce: clamp to the wall, then a fresh velocity pointing away from it
+            if sy < 0:
+                sy = 0
+                dy, dx = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
+                redrawn[d, t] = True
+            elif sy >= limit:
+                sy = limit - 1
+                dy, dx = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
+                redrawn[d, t] = True
+            if sx < 0:
+                sx = 0
+                dx, dy = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
+                redrawn[d, t] = True
+            elif sx >= limit:
+                sx = limit - 1
+                dx, dy = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
+                redrawn[d, t] = True
+            positions[d, t] = sy, sx
+            sy += dy
+            sx += dx
+    return DigitPaths(chosen, positions, redrawn)
+
+
 def generate_video(
     rng: np.random.RandomState, digits: np.ndarray, pool_size: int, num_frames: int, image_size: int,
     max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False,
@@ -136,35 +197,22 @@ def generate_video(
     """
     canvas = np.zeros((num_frames, image_size, image_size, 1), dtype=np.float32)
     digit_size = digits.shape[-1]
-    limit = image_size - digit_size  # positions live in [0, limit - 1]
-    chosen = []
-    for _ in range(num_digits):
-        index = rng.randint(pool_size)
-        chosen.append(int(index))
-        digit = digits[index]
-        sx, sy = rng.randint(limit), rng.randint(limit)
-        dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
-        while moving_digits and dx == dy == 0:  # a digit drawn at rest never bounces: it would stay still
-            dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
-        for t in range(num_frames):
-            # bounce: clamp to the wall, then a fresh velocity pointing away from it
-            if sy < 0:
-                sy = 0
-                dy, dx = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
-            elif sy >= limit:
-                sy = limit - 1
-                dy, dx = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
-            if sx < 0:
-                sx = 0
-                dx, dy = rng.randint(1, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
-            elif sx >= limit:
-                sx = limit - 1
-                dx, dy = rng.randint(-max_speed, 0), rng.randint(-max_speed, max_speed + 1)
-            canvas[t, sy:sy + digit_size, sx:sx + digit_size, 0] += digit
-            sy += dy
-            sx += dx
+    paths = digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits)
+    for index, path in zip(paths.chosen, paths.positions):
+        for t, (sy, sx) in enumerate(path):
+            canvas[t, sy:sy + digit_size, sx:sx + digit_size, 0] += digits[index]
     canvas[canvas > 1] = 1.0
-    return (canvas * 255).astype(np.uint8), chosen  # truncation, as the original's .type(torch.uint8)
+    return (canvas * 255).astype(np.uint8), paths.chosen  # truncation, as the original's .type(torch.uint8)
+
+
+def split_paths(num_videos: int, num_frames: int, image_size: int, seed: int, pool_size: int,
+                digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS,
+                moving_digits: bool = False) -> List[DigitPaths]:
+    """The digit paths of a split that ``smmnist_rows`` built with the same arguments, video by video, without the
+    digits' images (the draws do not depend on them)."""
+    rng = np.random.RandomState(seed)
+    return [digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits)
+            for _ in range(num_videos)]
 
 
 def smmnist_rows(
