@@ -280,3 +280,18 @@ def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeyp
     # a rerun skips the finished settings: nothing evaluated again, the same results
     monkeypatch.setattr(bench, "run_setting", lambda *a: pytest.fail("a finished setting was evaluated again"))
     assert bench.main(argv) == results
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4, 5, 6, 8, 10])
+def test_ddim_at_eta_1_from_pure_noise_stays_finite(steps):
+    """From t = 999 (abar 2e-10) at eta 1, DDIM's direction coefficient sqrt(1 - abar_prev - sigma^2) is ~2e-9
+    exactly; float32 alphas rounded it below zero at 5 steps (NaN in every sample). The sample keeps its dtype."""
+    from extdm_diffusers import ExtDMDDIMScheduler
+
+    scheduler = make_scheduler("ddim", ExtDMDDIMScheduler(prediction_type="v_prediction").config)
+    scheduler.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    sample, model_output = torch.randn(8, 3, 5, 16, 16, generator=g), torch.randn(8, 3, 5, 16, 16, generator=g)
+    for t in scheduler.timesteps:
+        sample = scheduler.step(model_output, t, sample, eta=1.0, generator=g).prev_sample
+        assert sample.dtype == torch.float32 and torch.isfinite(sample).all(), f"step from t={int(t)}"

@@ -27,6 +27,8 @@ import inspect
 import math
 from typing import Any, Dict, Mapping, Tuple
 
+import torch
+
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -70,7 +72,14 @@ def make_scheduler(name: str, config: Mapping[str, Any]):
     if cls is not ExtDMDDIMScheduler and config.get("beta_schedule") == "squaredcos_cap_v2" and not config.get("trained_betas"):
         schedule = ExtDMDDIMScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000))
         overrides["trained_betas"] = schedule.betas.tolist()
-    return cls.from_config(config, **overrides)
+    scheduler = cls.from_config(config, **overrides)
+    if isinstance(scheduler, DDIMScheduler):
+        # DDIM's step takes sqrt(1 - abar_prev - sigma^2); from t = 999 (abar 2e-10) at eta 1 the exact value is
+        # ~2e-9, below float32's rounding, and float32 alphas made it -6e-8: NaN. float64 coefficients keep it
+        # positive; the sample stays in its own dtype (a 0-dim tensor does not promote it).
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(torch.float64)
+    return scheduler
 
 
 def scheduler_takes_eta(name: str) -> bool:
