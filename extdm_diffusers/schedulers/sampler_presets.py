@@ -28,9 +28,10 @@ class SamplerPreset:
 SAMPLER_PRESETS: Dict[str, SamplerPreset] = {
     "protocol": SamplerPreset(PAPER_SCHEDULER, description="the paper's sampler: ExtDMDDIMScheduler with the "
                               "benchmark protocol's steps and eta (10 steps, eta 1.0)"),
-    # PROVISIONAL, to be measured: benchmarks/bench_samplers.py on a trained pipeline chooses it (issue 20)
-    "fast": SamplerPreset("dpm", 5, description="DPM-Solver++ (2nd order), 5 steps per window: provisional, "
-                          "to be measured"),
+    # not chosen by data: no setting of <= 5 steps per window held in docs/performance.md's study (issue 20)
+    "fast": SamplerPreset("dpm", 5, description="DPM-Solver++ (2nd order), 5 steps per window: half the protocol's "
+                          "calls; not chosen by data: on the long quick start it lost 0.08 dB mean PSNR against the "
+                          "protocol (docs/performance.md)"),
 }
 
 
