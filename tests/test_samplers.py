@@ -295,3 +295,19 @@ def test_ddim_at_eta_1_from_pure_noise_stays_finite(steps):
     for t in scheduler.timesteps:
         sample = scheduler.step(model_output, t, sample, eta=1.0, generator=g).prev_sample
         assert sample.dtype == torch.float32 and torch.isfinite(sample).all(), f"step from t={int(t)}"
+
+
+def test_bench_cpu_bf16_times_three_ways_on_the_same_videos(assets, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_cpu_bf16", ROOT / "benchmarks" / "bench_cpu_bf16.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    output = tmp_path / "bf16.json"
+    results = bench.main(["--pipeline", str(assets / "pipeline"), "--dataset_dir", str(assets / "data"), "--num_videos", "2",
+                          "--repeats", "1", "--num_inference_steps", "2", "--output", str(output)])
+    assert json.loads(output.read_text()) == results and results["num_videos"] == 2
+    assert set(results["ways"]) == {"float32", "bfloat16", "autocast"}
+    assert results["ways"]["float32"]["speed_vs_float32"] == 1 and results["ways"]["float32"]["psnr_vs_float32_prediction"] is None
+    for way in ("bfloat16", "autocast"):  # the same noise: close to float32's frames, not equal to them
+        assert 25 < results["ways"][way]["psnr_vs_float32_prediction"] < 100
+        assert results["ways"][way]["seconds_per_video"] > 0
+    assert {"model", "onednn_bf16", "native_bf16"} <= set(results["cpu"])
