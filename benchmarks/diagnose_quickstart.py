@@ -251,7 +251,7 @@ def predictable_frames(settings: Dict[str, Any], video_indices: Sequence[int], c
     if any(name not in settings for name in needed):
         return None
     paths = smmnist.split_paths(
-        settings["num_test_videos"], settings["num_frames"], settings["frame_size"], seed=0,
+        settings["num_test_videos"], settings["num_frames"], settings["frame_size"], seed=smmnist.TEST_SEED,
         pool_size=settings["num_test_videos"], digit_size=settings["digit_size"], max_speed=settings["max_speed"],
         num_digits=settings.get("num_digits", 2), moving_digits=settings.get("moving_digits", False))
     masks = [paths[i].predictable(cond_frames)[cond_frames : cond_frames + horizon] for i in video_indices]
