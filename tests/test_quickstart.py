@@ -15,7 +15,7 @@ from PIL import Image
 
 from extdm_diffusers import ExtDMPipeline
 from extdm_diffusers.evaluation.gifs import GAP
-from extdm_diffusers.quickstart import main
+from extdm_diffusers.quickstart import data_description, main, parse_args
 
 TINY = ["--num_train_videos", "24", "--num_test_videos", "3", "--ae_steps", "30", "--dm_steps", "3", "--ae_batch_size", "4", "--dm_batch_size", "2",
         "--checkpointing_steps", "2", "--num_inference_steps", "2", "--ae_width", "8", "--feature_width", "32",
@@ -86,3 +86,13 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
 
     again = main(["--output_dir", str(out), *TINY])  # a finished run only reports
     assert again == metrics
+
+
+def test_quickstart_data_defaults_move_every_digit_at_one_pixel_a_frame_and_say_so():
+    args = parse_args([])
+    assert (args.max_speed, args.moving_digits, args.digit_size, args.frame_size) == (1, True, 16, 32)
+    assert "at most 1 px a frame, every digit moving" in data_description(args)
+    assert "up to 4 px a frame" in data_description(args)  # beside the paper's
+    own = parse_args(["--no-moving_digits", "--max_speed", "2"])
+    assert not own.moving_digits and "at most 2 px a frame, a digit drawn at rest stays at rest" in data_description(own)
+    assert parse_args(["--preset", "long"]).max_speed == 1  # the long preset keeps the data
