@@ -80,3 +80,12 @@ def test_installed_package_builds_smmnist_and_runs_the_quick_start_outside_the_c
     assert state["done"] == ["data", "autoencoder", "denoiser", "evaluation"]
     metrics = json.loads((user_dir / "qs" / "metrics.json").read_text())
     assert metrics["num_videos"] == 2
+
+    # the evaluation's own command, with the flags the quick start's evaluation stage passed: the same numbers
+    _run([bin_dir / "extdm-evaluate", "--pipeline", "qs/pipeline", "--dataset_dir", "qs/data", "--output_dir", "again",
+          "--num_videos", "2", "--num_samples", "1", "--cond_frames", "5", "--pred_frames", "6",
+          "--num_inference_steps", "2", "--seed", "0", "--no_fvd", "--no_lpips"], user_dir, env)
+    again = json.loads((user_dir / "again" / "metrics.json").read_text())
+    first = json.loads((user_dir / "qs" / "evaluation" / "metrics.json").read_text())
+    for metric in ("psnr", "ssim"):
+        assert again["extdm"][metric]["mean_of_samples"]["mean"] == first["extdm"][metric]["mean_of_samples"]["mean"]
