@@ -47,6 +47,16 @@ def test_bundled_build_has_the_schema_splits_and_shapes(bundled):
     assert video.max() == 255 and (video == 0).mean() > 0.5  # two bright digits on black
 
 
+def test_build_settings_read_back_what_each_split_was_built_with(bundled, tmp_path):
+    from extdm_diffusers.data.builders.splits import build_settings
+
+    train, test = build_settings(bundled, "train"), build_settings(bundled, "test")
+    assert train["generator"] == test["generator"] == "smmnist_rows"
+    assert (train["kwargs"]["num_videos"], test["kwargs"]["num_videos"]) == (6, 5)
+    assert train["kwargs"]["max_speed"] == smmnist.MAX_SPEED and train["kwargs"]["moving_digits"] is False
+    assert build_settings(tmp_path, "train") is None  # not built here: nothing to say
+
+
 def test_test_set_is_the_seeded_original_stream(bundled, tmp_path):
     # the same generator with the original's seed 0 gives the same bytes, independent of --num_train
     other = tmp_path / "other"

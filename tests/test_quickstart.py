@@ -75,6 +75,10 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     assert "torch.rand(1, 5, 3, 32, 32)" in card and "64, 64" not in card
     assert "| paper |" not in card and "best of" not in card and "_argv" not in card
     assert "| `--max_train_steps` | `3` |" in card
+    # the data it was trained on, as built: the quick start's is not the benchmark's SMMNIST
+    assert ("The training split as built (`train/extdm_build.json`): `smmnist_rows` with `source` \"bundled\", "
+            "`num_frames` 20, `image_size` 32, `digit_size` 16, `max_speed` 1, `num_digits` 2, `moving_digits` true, "
+            "`num_videos` 24") in card
     for picture in ("predictions.gif", "per_frame.png"):
         assert f"]({picture})" in card and (out / "pipeline" / picture).is_file()
     assert (out / "per_frame.png").is_file() and (out / "evaluation" / "per_frame.png").is_file()

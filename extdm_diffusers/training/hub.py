@@ -65,6 +65,19 @@ def hyperparameters(args: argparse.Namespace) -> str:
                               if None in settings.values() else "")
 
 
+def training_data_description(dataset: str) -> str:
+    """A sentence on how the training split of a local dataset was built (from its build record), so that a card
+    trained on other data than the benchmark's (another frame size, speed, subset) says so; empty otherwise."""
+    from ..data.builders.splits import BUILD_INFO_FILE, build_settings
+
+    built = build_settings(dataset, "train") if dataset and os.path.isdir(dataset) else None
+    if built is None:
+        return ""
+    settings = ", ".join(f"`{key}` {json.dumps(value)}" for key, value in built["kwargs"].items()
+                         if value is not None and key != "split")
+    return f" The training split as built (`train/{BUILD_INFO_FILE}`): `{built['generator']}` with {settings}."
+
+
 def write_model_card(folder: str, *, title: str, benchmark, dataset: str, body: str, args: argparse.Namespace,
                      command: str, extra_tags: Sequence[str] = ()) -> None:
     """README.md with a Hub model card (library diffusers, tags extdm / video-prediction)."""
@@ -78,7 +91,8 @@ def write_model_card(folder: str, *, title: str, benchmark, dataset: str, body: 
     )
     content = (
         f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{body}\n\n"
-        f"## Training\n\nBenchmark: {benchmark.display_name} (`{benchmark.name}`), data: `{dataset}`.\n\n"
+        f"## Training\n\nBenchmark: {benchmark.display_name} (`{benchmark.name}`), data: `{dataset}`."
+        f"{training_data_description(dataset)}\n\n"
         f"```bash\n{command}\n```\n\n### Hyperparameters\n\n{hyperparameters(args)}\n"
     )
     atomic_write_text(os.path.join(folder, "README.md"), str(ModelCard(content)))

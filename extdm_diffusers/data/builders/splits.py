@@ -19,6 +19,16 @@ from . import BuildError
 BUILD_INFO_FILE = "extdm_build.json"
 
 
+def build_settings(dataset_dir: str | os.PathLike, split: str = "train") -> dict | None:
+    """The arguments the project's builder made ``dataset_dir/<split>`` with (its ``extdm_build.json``: the
+    generator's name and keyword arguments), or None where the split was not built here."""
+    path = Path(dataset_dir) / split / BUILD_INFO_FILE
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    return {"generator": recorded["generator"], "kwargs": recorded["kwargs"]}
+
+
 def _generate_rows(make_rows: Callable[..., Iterator[dict]], kwargs: dict) -> Iterator[dict]:
     yield from make_rows(**kwargs)
 
