@@ -93,16 +93,21 @@ def compare(arrays: List[Dict[str, np.ndarray]], reference: List[Dict[str, np.nd
     return out
 
 
-def run_setting(args: argparse.Namespace, setting: Dict[str, Any], folder: Path) -> Dict[str, Any]:
-    """One evaluation run (resumed where it stopped); its metrics and the seconds per video of this session."""
-    before = len(records.read_records(folder)) if folder.exists() else 0
-    config = EvaluationConfig(
+def setting_config(args: argparse.Namespace, setting: Dict[str, Any], folder: Path) -> EvaluationConfig:
+    """The evaluation of one setting, in ``folder``."""
+    return EvaluationConfig(
         pipeline=args.pipeline, dataset_dir=args.dataset_dir, benchmark=args.benchmark, output_dir=str(folder),
         num_videos=args.num_videos, num_samples=args.num_samples, seed=args.seed, pred_frames=args.pred_frames,
         scheduler=setting["scheduler"], num_inference_steps=setting["steps"], batch_size=args.batch_size,
         no_fvd=True, no_lpips=args.lpips_weights is None, lpips_weights=args.lpips_weights, no_baselines=True,
         num_gifs=0, device=args.device, dtype=setting["dtype"], autocast=setting["autocast"],
     )
+
+
+def run_setting(args: argparse.Namespace, setting: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    """One evaluation run (resumed where it stopped); its metrics and the seconds per video of this session."""
+    before = len(records.read_records(folder)) if folder.exists() else 0
+    config = setting_config(args, setting, folder)
     start = time.perf_counter()
     metrics = evaluate(config)
     seconds = time.perf_counter() - start
@@ -145,12 +150,14 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("denoiser calls per video (one sample, whole horizon)")
         ax.set_ylabel(metric.upper())
-    axes[0].legend(fontsize=8)
+    # below both panels: inside one it covers the points where the solvers meet the reference
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     meta = results["metadata"]
     fig.suptitle(f"{meta['benchmark']}: {meta['num_videos']} videos, {meta['num_samples']} samples each\no solid: mean of "
                  "samples, ^ dashed: best of N; filled: within the reference's paired CI and diversity; black: "
                  "ddim_original, 10 steps", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend below
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -196,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             print(f"{key}: done, skipped")
             continue
         if key in results["settings"]:  # the reference: its arrays are needed for the pairing
+            # made with this run's settings (seed, videos, samples), or every pairing against it would be wrong
+            records.check_run_config(folder, setting_config(args, setting, folder).run_settings())
             metrics = json.loads((folder / "metrics.json").read_text())
             run = None
         else:

@@ -281,6 +281,12 @@ def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeyp
     monkeypatch.setattr(bench, "run_setting", lambda *a: pytest.fail("a finished setting was evaluated again"))
     assert bench.main(argv) == results
 
+    # the same output with another seed (e.g. the protocol's, when --seed is left out) is refused: its settings
+    # could not be paired with the recorded reference's samples
+    with pytest.raises(evaluation.EvaluationError, match=r"holds an evaluation run with different settings; .*"
+                                                         r"seed: saved \d+, now 7"):
+        bench.main(argv + ["--seed", "7"])
+
 
 @pytest.mark.parametrize("steps", [2, 3, 4, 5, 6, 8, 10])
 def test_ddim_at_eta_1_from_pure_noise_stays_finite(steps):
