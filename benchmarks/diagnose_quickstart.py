@@ -240,20 +240,22 @@ def _summary(values: torch.Tensor, window: int) -> Dict[str, Any]:
     }
 
 
-def predictable_frames(settings: Dict[str, Any], video_indices: Sequence[int], cond_frames: int,
+def predictable_frames(dataset_dir: Path, video_indices: Sequence[int], cond_frames: int,
                        horizon: int) -> Optional[torch.Tensor]:
     """(V, horizon) bool: True where no digit of the clip's video has drawn a fresh velocity (SMMNIST's stochastic
     bounce) since the last observed frame, so that the observed frames determine the true future; None where the
-    run's data is not the quick start's bundled SMMNIST (whose draws can be replayed)."""
+    test split was not built by the SMMNIST builder (whose draws can be replayed from its build record)."""
     from extdm_diffusers.data.builders import smmnist
+    from extdm_diffusers.data.builders.splits import build_settings
 
-    needed = ("num_test_videos", "num_frames", "frame_size", "digit_size", "max_speed")
-    if any(name not in settings for name in needed):
+    built = build_settings(dataset_dir, "test")
+    if built is None or built["generator"] != smmnist.smmnist_rows.__name__:
         return None
+    kwargs = built["kwargs"]
     paths = smmnist.split_paths(
-        settings["num_test_videos"], settings["num_frames"], settings["frame_size"], seed=smmnist.TEST_SEED,
-        pool_size=settings["num_test_videos"], digit_size=settings["digit_size"], max_speed=settings["max_speed"],
-        num_digits=settings.get("num_digits", 2), moving_digits=settings.get("moving_digits", False))
+        kwargs["num_videos"], kwargs["num_frames"], kwargs["image_size"], seed=kwargs["seed"],
+        pool_size=kwargs["pool_size"], digit_size=kwargs["digit_size"], max_speed=kwargs["max_speed"],
+        num_digits=kwargs["num_digits"], moving_digits=kwargs["moving_digits"])
     masks = [paths[i].predictable(cond_frames)[cond_frames : cond_frames + horizon] for i in video_indices]
     return torch.from_numpy(np.stack(masks))
 
@@ -361,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 arrays.setdefault(key, {}).setdefault(name, []).append(value.cpu())
     window = pipe.num_pred_frames
     arrays = {k: {n: torch.cat(v) for n, v in m.items()} for k, m in arrays.items()}
-    mask = predictable_frames(settings, clips.video_indices or range(len(clips)), protocol.cond_frames, protocol.pred_frames)
+    mask = predictable_frames(run_dir / "data", clips.video_indices or range(len(clips)), protocol.cond_frames, protocol.pred_frames)
     if mask is not None:
         arrays.update(split_by_predictability(arrays, mask))
     # the sections in the order the tables print them, with the number of their first predicted frame

@@ -95,7 +95,7 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
     settings = json.loads((run_dir / "quickstart_args.json").read_text())
     paths = smmnist.split_paths(3, settings["num_frames"], settings["frame_size"], seed=0, pool_size=3,
                                 digit_size=settings["digit_size"], max_speed=settings["max_speed"],
-                                num_digits=settings["num_digits"])
+                                num_digits=settings["num_digits"], moving_digits=settings["moving_digits"])
     mask = np.stack([p.predictable(5)[5:12] for p in paths])
     share = result["frames_predictable"]["videos"]["share"]["per_frame"]
     np.testing.assert_allclose(share, mask.mean(0))
