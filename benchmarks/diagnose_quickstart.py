@@ -11,7 +11,8 @@ b. ``motion_window_1``: the denoiser's motion in window 1 against the autoencode
    end-point error in pixels of the frame, occlusion MAE), beside holding still (the identity grid, and the last
    observed frame's own encoding held); ``motion_window_2_teacher_forced``: the same for the teacher-forced window 2
    (d), against the true frames encoded relative to that window's reference;
-c. ``frames.extdm``, ``frames.copy_last_frame``: PSNR, SSIM, sharpness against the truth's, centroid errors;
+c. ``frames.extdm``, ``frames.copy_last_frame``, ``frames.constant_velocity`` (no denoiser: the autoencoder's regions
+   continued at constant velocity, ``FlowAutoencoder.extrapolate``): PSNR, SSIM, sharpness against the truth's, centroid errors;
 d. ``second_window``: window 2 of the rollout, and window 2 teacher-forced: conditioned as the pipeline
    conditions it, but on the frames the autoencoder decodes from the true motion of window 1 instead of the
    predicted ones, with the same noise; the gap between the two is the error window 1 hands on;
@@ -44,6 +45,7 @@ from extdm_diffusers.evaluation.motion_fidelity import (
 from extdm_diffusers.file_io import atomic_write_text
 from extdm_diffusers.metrics import psnr, ssim
 from extdm_diffusers.models.autoencoder_blocks import make_coordinate_grid
+from extdm_diffusers.models.unet_3d_extdm import MOTION_PRIORS
 from extdm_diffusers.pipelines import ExtDMPipeline
 
 #: the metrics of predicted frames against the true ones: name -> function of (pred, truth), each (B, T, C, H, W) -> (B, T)
@@ -68,6 +70,9 @@ NOTES = {
     "identity_grid": "no motion: the identity sampling grid, occlusion 1 (the reference unchanged)",
     "last_observed_held": "the autoencoder's encoding of the window's reference (the last conditioning frame) relative "
                           "to itself, held over the window: the motion of copying the reference",
+    "constant_velocity": "the autoencoder alone: every region continues its step between the last two observed frames "
+                         "at constant velocity over the horizon (FlowAutoencoder.extrapolate, bouncing off the frame's "
+                         "edges where the pipeline's motion_prior does), decoded; no denoiser",
     "extdm_teacher_forced": "window 2 conditioned on the autoencoder's decoding of the true window-1 motion instead of "
                             "the predicted frames, with the rollout's own noise",
     "per_window": "mean over the window's frames; window = the denoiser's num_pred_frames",
@@ -181,6 +186,13 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
     reconstruction = reconstructed.float().clamp(0, 1)
     out["frames/autoencoder"] = _frame_metrics(reconstruction, truth)
     out["frames/copy_last_frame"] = _frame_metrics(cond[:, -1:].expand_as(truth), truth)
+    # the autoencoder alone continuing the last observed step at constant velocity over the whole horizon
+    regions = ae.encode(cond[:, -2:], reference).region_params
+    guess = ae.extrapolate(reference, regions.frame(0, 2), regions.frame(1, 2), horizon,
+                           reflect_extent=MOTION_PRIORS.get(pipe.unet.config.motion_prior))  # the pipeline's own guess
+    guess_occlusion = guess.occlusion_map if use_occlusion else None
+    extrapolated = ae.decode(reference, guess.optical_flow, guess_occlusion).sample.float().clamp(0, 1)
+    out["frames/constant_velocity"] = _frame_metrics(extrapolated, truth)
 
     # c. the pipeline's own rollout with the evaluation's seeds
     generators = [torch.Generator("cpu").manual_seed(sample_seed(seed, p, k, num_samples))
@@ -195,7 +207,8 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
     motion = output.motion[:, first]
     true_flow, true_occ = encoded.optical_flow[:, first], None if true_occlusion is None else true_occlusion[:, first]
     candidates = {"extdm": (motion[:, :, :2], motion[:, :, 2:] if use_occlusion else None),
-                  **_still_motion(condition, first.stop, use_occlusion)}
+                  **_still_motion(condition, first.stop, use_occlusion),
+                  "constant_velocity": (guess.optical_flow[:, first], None if guess_occlusion is None else guess_occlusion[:, first])}
     for method, (flow, occlusion) in candidates.items():
         out[f"motion_window_1/{method}"] = _motion_metrics(flow, occlusion, true_flow, true_occ, frame_size)
     if horizon <= window:

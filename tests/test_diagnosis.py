@@ -45,7 +45,7 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
 
     frames = result["frames"]
     assert frames["frame_numbers"] == list(range(1, 8))
-    for method in ("autoencoder", "extdm", "copy_last_frame"):
+    for method in ("autoencoder", "extdm", "copy_last_frame", "constant_velocity"):
         assert set(frames[method]) == FRAME_METRICS
         for summary in frames[method].values():
             _check_summary(summary, 7, 2)
@@ -69,7 +69,7 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
             assert frames[method][metric]["mean"] == pytest.approx(theirs["mean"], rel=1e-5, abs=1e-6)
 
     still = ("identity_grid", "last_observed_held")
-    for section, first, methods in (("motion_window_1", 1, ("extdm", *still)),
+    for section, first, methods in (("motion_window_1", 1, ("extdm", "constant_velocity", *still)),
                                     ("motion_window_2_teacher_forced", 6, ("extdm_teacher_forced", *still))):
         entry = result[section]
         frames_in = 5 if first == 1 else 2

@@ -33,6 +33,14 @@ def test_pipeline_md_prediction_example_runs(reference_pipeline_factory, tmp_pat
     assert iio.imread("prediction.mp4").shape[0] == 40  # (the container reports no frame count)
 
 
+def test_pipeline_md_extrapolation_example_runs(capsys):
+    block = next(b for b in python_blocks("pipeline.md") if "autoencoder.extrapolate" in b)
+    scope = {}
+    exec(compile(block, "docs/pipeline.md", "exec"), scope)
+    assert capsys.readouterr().out.strip() == "(1, 5, 2, 32, 32) (1, 5, 3, 64, 64)"
+    assert scope["continued"].min() >= 0 and scope["continued"].max() <= 1
+
+
 def test_pipeline_md_speed_example_runs(reference_pipeline_factory):
     """Each line of the attention-chunking example reaches every attention layer and keeps the frames."""
     from extdm_diffusers.models.space_time_window_attention import SpaceTimeWindowAttention

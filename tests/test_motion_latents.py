@@ -1,5 +1,6 @@
 """The denoiser's motion latents: the flow grid itself (the original) or scaled displacements from the identity
-grid (``ExtDMUNet3DModel(motion_latent_scale=s)``), converted by the pipeline in one place."""
+grid (``ExtDMUNet3DModel(motion_latent_scale=s)``), measured from nothing (the original) or from the autoencoder's
+constant-velocity extrapolation (``motion_prior``), converted by the pipeline in one place."""
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import torch
 from extdm_diffusers import ExtDMPipeline, ExtDMUNet3DModel, FlowAutoencoder
 from extdm_diffusers.conversion import unet_config_from_original
 from extdm_diffusers.models.autoencoder_blocks import make_coordinate_grid
+from extdm_diffusers.models.flow_autoencoder import _reflect_into_frame
+from extdm_diffusers.models.region_predictor import RegionParams
 from extdm_diffusers.pipelines.pipeline_extdm import clamp_latents, flow_to_latents, latents_to_flow
 from extdm_diffusers.schedulers import ExtDMDDIMScheduler
 
@@ -36,14 +39,14 @@ def test_clamp_keeps_grids_in_the_frame_in_either_convention():
     torch.testing.assert_close(clamped_latents[:, 2:], clamped[:, 2:], rtol=0, atol=0)
 
 
-def _pipeline(scale):
+def _pipeline(scale, motion_prior=None):
     meta, _, _ = load_case("pipeline_wo_ref")
     torch.manual_seed(0)
     autoencoder = FlowAutoencoder(**meta["config"]["flow_params"]["model_params"], sample_size=32).eval()
     config = unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi",
                                        **dict(meta["unet_constructor"], pred_num=2))
-    unet = ExtDMUNet3DModel(**config, motion_latent_scale=scale).eval()
-    pipe = ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler(thresholding=scale is None))
+    unet = ExtDMUNet3DModel(**config, motion_latent_scale=scale, motion_prior=motion_prior).eval()
+    pipe = ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler(thresholding=scale is None and motion_prior is None))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -82,3 +85,102 @@ def test_motion_latent_scale_must_be_positive():
     with pytest.raises(ValueError, match="`motion_latent_scale` must be a positive number or None, got 0"):
         ExtDMUNet3DModel(num_cond_frames=2, num_pred_frames=2, cond_feature_channels=8, base_channels=8,
                          channel_mults=(1, 2), attention_heads=1, attention_head_dim=8, motion_latent_scale=0)
+
+
+def _with_shift(regions: RegionParams, shift: torch.Tensor) -> RegionParams:
+    return RegionParams(**{**regions, "shift": shift})
+
+
+def test_extrapolation_without_velocity_is_the_reference_encoded_against_itself():
+    autoencoder = _pipeline(4.0).flow_autoencoder
+    reference = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        held = autoencoder.encode(reference[:, None].expand(-1, 3, -1, -1, -1), reference)
+        regions = held.region_params.frame(0, 3)
+        guess = autoencoder.extrapolate(reference, regions, regions, 3)
+    assert guess.features is None and guess.region_params is None
+    torch.testing.assert_close(guess.optical_flow, held.optical_flow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(guess.occlusion_map, held.occlusion_map, rtol=1e-5, atol=1e-6)
+
+
+def test_extrapolation_moves_regions_at_constant_velocity():
+    autoencoder = _pipeline(4.0).flow_autoencoder
+    reference = torch.rand(2, 3, 32, 32)
+    step = torch.tensor([0.05, -0.03])
+    with torch.no_grad():
+        regions = autoencoder.encode(reference[:, None], reference).region_params
+        two_frames = autoencoder.extrapolate(reference, _with_shift(regions, regions.shift - step), regions, 2)
+        # one frame at twice the velocity lands where the second frame at the velocity does
+        one_frame = autoencoder.extrapolate(reference, _with_shift(regions, regions.shift - 2 * step), regions, 1)
+    torch.testing.assert_close(one_frame.optical_flow[:, 0], two_frames.optical_flow[:, 1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(two_frames.optical_flow[:, 0], two_frames.optical_flow[:, 1], atol=1e-3)
+    with pytest.raises(ValueError, match="`num_frames` must be a positive int, got 0"):
+        autoencoder.extrapolate(reference, regions, regions, 0)
+    with pytest.raises(ValueError, match="`previous_regions` must be RegionParams of the 1 reference frames"):
+        autoencoder.extrapolate(reference[:1], regions, regions, 1)
+
+
+def test_the_prior_is_what_the_denoiser_measures_the_motion_from():
+    pipe = _pipeline(4.0, "constant_velocity")
+    video = torch.rand(2, 5, 3, 32, 32)  # 3 observed + 2 future frames
+    with torch.no_grad():
+        condition = pipe.encode_condition(video)
+        encoded = pipe.flow_autoencoder.encode(video[:, :3], video[:, 2])
+        regions = encoded.region_params
+        guess = pipe.flow_autoencoder.extrapolate(video[:, 2], regions.frame(1, 3), regions.frame(2, 3), 2)
+    assert condition.prior_motion.shape == condition.future_motion.shape == (2, 3, 2, 16, 16)
+    torch.testing.assert_close(pipe.motion_to_output(condition.prior_motion),
+                               torch.cat([guess.optical_flow, guess.occlusion_map], dim=2), rtol=1e-5, atol=1e-5)
+    target = condition.denoising_target()
+    torch.testing.assert_close(target, condition.future_motion - condition.prior_motion, rtol=0, atol=0)
+    torch.testing.assert_close(condition.motion_from_sample(target), condition.future_motion, rtol=0, atol=1e-6)
+    assert _pipeline(4.0).encode_condition(video).prior_motion is None
+
+
+def test_a_zero_sample_under_a_prior_is_the_constant_velocity_guess():
+    pipe = _pipeline(4.0, "constant_velocity")
+    video = torch.rand(1, 3, 3, 32, 32)
+    zeros = lambda pipe, i, t, kwargs: {"latents": torch.zeros_like(kwargs["latents"])}  # noqa: E731
+    out = pipe(video, callback_on_step_end=zeros, output_type="latent")
+    with torch.no_grad():
+        prior = pipe.encode_condition(video).prior_motion
+    torch.testing.assert_close(out.frames, clamp_latents(prior, 4.0), rtol=0, atol=1e-6)
+    assert out.frames.abs().max() > 0
+
+
+def test_motion_prior_must_be_known_and_needs_two_observed_frames():
+    small = dict(num_pred_frames=2, cond_feature_channels=8, base_channels=8, channel_mults=(1, 2), attention_heads=1,
+                 attention_head_dim=8)
+    with pytest.raises(ValueError, match="`motion_prior` must be None or one of \\('constant_velocity', "
+                                         "'constant_velocity_reflected'\\).*got 'linear'"):
+        ExtDMUNet3DModel(num_cond_frames=2, motion_prior="linear", **small)
+    with pytest.raises(ValueError, match="`motion_prior` must be None.*with num_cond_frames=1"):
+        ExtDMUNet3DModel(num_cond_frames=1, motion_prior="constant_velocity", **small)
+
+
+def test_reflected_centres_bounce_between_the_frames_edges():
+    # one region of standard deviation 0.2 along x and 0.1 along y: with extent 2 its centre stays in [-0.6, 0.6]
+    # along x and [-0.8, 0.8] along y
+    covar = torch.diag(torch.tensor([0.04, 0.01])).view(1, 1, 2, 2)
+    x = torch.tensor([0.0, 0.5, 0.6, 0.7, 1.2, 1.9, 2.5, -0.7, -1.9])
+    shift = torch.stack([x, torch.zeros_like(x)], dim=-1).view(1, -1, 1, 2)
+    folded = _reflect_into_frame(shift, covar, 2.0)[0, :, 0, 0]
+    torch.testing.assert_close(folded, torch.tensor([0.0, 0.5, 0.6, 0.5, 0.0, -0.5, 0.1, -0.5, 0.5]), rtol=0, atol=1e-6)
+    y = _reflect_into_frame(shift.flip(-1), covar, 2.0)[0, :, 0, 1]
+    torch.testing.assert_close(y, torch.tensor([0.0, 0.5, 0.6, 0.7, 0.4, -0.3, -0.7, -0.7, 0.3]), rtol=0, atol=1e-6)
+
+
+def test_the_reflected_prior_keeps_what_the_unbounded_one_keeps_inside_the_frame():
+    video = torch.rand(1, 5, 3, 32, 32)
+    with torch.no_grad():
+        unbounded = _pipeline(4.0, "constant_velocity").encode_condition(video).prior_motion
+        pipe = _pipeline(4.0, "constant_velocity_reflected")
+        reflected = pipe.encode_condition(video).prior_motion
+        regions = pipe.flow_autoencoder.encode(video[:, :3], video[:, 2]).region_params
+        previous, last = regions.frame(1, 3), regions.frame(2, 3)
+        expected = pipe.flow_autoencoder.extrapolate(video[:, 2], previous, last, 2, reflect_extent=1.25)
+        far = pipe.flow_autoencoder.extrapolate(video[:, 2], _with_shift(last, last.shift - 1.0), last, 2, reflect_extent=1.25)
+        far_unbounded = pipe.flow_autoencoder.extrapolate(video[:, 2], _with_shift(last, last.shift - 1.0), last, 2)
+    torch.testing.assert_close(pipe.motion_to_output(reflected)[:, :, :2], expected.optical_flow, rtol=1e-5, atol=1e-5)
+    assert unbounded.shape == reflected.shape
+    assert not torch.allclose(far.optical_flow, far_unbounded.optical_flow, atol=1e-3)  # a step of half the frame bounces

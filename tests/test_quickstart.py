@@ -100,3 +100,19 @@ def test_quickstart_data_defaults_move_every_digit_at_one_pixel_a_frame_and_say_
     own = parse_args(["--no-moving_digits", "--max_speed", "2"])
     assert not own.moving_digits and "at most 2 px a frame, a digit drawn at rest stays at rest" in data_description(own)
     assert parse_args(["--preset", "long"]).max_speed == 1  # the long preset keeps the data
+
+
+def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the_pipeline_keeps_it(tmp_path, capsys):
+    from extdm_diffusers.quickstart import denoiser_config
+
+    args = parse_args([])
+    config = denoiser_config(args)
+    assert (config["motion_prior"], config["motion_latent_scale"], args.dm_steps) == ("constant_velocity_reflected", 20.0, 360)
+    assert "motion_prior" not in denoiser_config(parse_args(["--dm_motion_prior", "none"]))  # the original's
+    # the saved pipeline's denoiser measures its motion from that guess
+    from extdm_diffusers import ExtDMUNet3DModel
+
+    unet = ExtDMUNet3DModel(**dict(config, cond_feature_channels=8, base_channels=8, attention_heads=1, attention_head_dim=8))
+    unet.save_pretrained(tmp_path / "unet")
+    reloaded = ExtDMUNet3DModel.from_pretrained(tmp_path / "unet")
+    assert (reloaded.config.motion_prior, reloaded.config.motion_latent_scale) == ("constant_velocity_reflected", 20.0)

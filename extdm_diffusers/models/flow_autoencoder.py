@@ -84,11 +84,14 @@ class FlowAutoencoderEncoderOutput(BaseOutput):
 
     optical_flow: (B, T, 2, h, w). occlusion_map: (B, T, 1, h, w) or None. features: (B, T, F, h', w')
     bottleneck features of each frame (of the first ``feature_frames`` only where ``encode`` was given it).
+    region_params: ``RegionParams`` of every frame, batched over (B·T) frames, video by video (``encode``; what
+    ``extrapolate`` continues); ``extrapolate`` leaves it out.
     """
 
     optical_flow: torch.Tensor = None
     occlusion_map: Optional[torch.Tensor] = None
     features: torch.Tensor = None
+    region_params: Optional[RegionParams] = None
 
 
 @dataclass
@@ -116,6 +119,16 @@ def _running_stats_frozen(module: torch.nn.Module, frozen: bool) -> Iterator[Non
         for norm, (momentum, count) in zip(norms, saved):
             norm.momentum = momentum
             norm.num_batches_tracked.copy_(count)
+
+
+def _reflect_into_frame(shift: torch.Tensor, covar: torch.Tensor, extent: float) -> torch.Tensor:
+    """Centres (B, T, K, 2) folded back into [-limit, limit] per axis, limit = 1 − extent · the region's standard
+    deviation (covariances (B, K, 2, 2)), as a point bouncing between two walls: a mirror at each wall."""
+    std = torch.diagonal(covar, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    limit = (1 - extent * std).clamp_min(0.05)[:, None]  # a region wider than the frame still keeps a range
+    span = 2 * limit
+    folded = torch.remainder(shift + limit, 2 * span)
+    return torch.where(folded > span, 2 * span - folded, folded) - limit
 
 
 class FlowAutoencoder(ModelMixin, ConfigMixin):
@@ -275,6 +288,44 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
             optical_flow=flow.reshape(b, t, *flow.shape[1:]),
             occlusion_map=None if occlusion is None else occlusion.reshape(b, t, *occlusion.shape[1:]),
             features=features.reshape(b, feature_frames, *features.shape[1:]),
+            region_params=driving_regions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @apply_offload_hooks
+    def extrapolate(self, reference: torch.Tensor, previous_regions: RegionParams, reference_regions: RegionParams,
+                    num_frames: int, reflect_extent: Optional[float] = None, return_dict: bool = True):
+        """The motion of ``num_frames`` frames after ``reference`` (B, C, H, W) in which every region keeps moving
+        as it moved from the frame before: region centres at constant velocity, region shapes and the background
+        as the reference's. ``previous_regions``, ``reference_regions``: ``RegionParams`` (B, K, ...) of the frame
+        before the reference and of the reference (``encode``'s ``region_params``). Returns the motion relative to
+        ``reference`` as ``encode`` does (``optical_flow`` (B, num_frames, 2, h, w), ``occlusion_map``), without
+        features: the constant-velocity guess a denoiser can refine (``ExtDMUNet3DModel(motion_prior=...)``).
+        ``reflect_extent`` e: a centre bounces off the frame's edges, mirrored where it comes within e standard
+        deviations of its region (its covariance, per axis) of an edge, as objects bouncing inside the frame do;
+        ``None``: centres move on unbounded."""
+        self._check_image("reference", reference, 4)
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"`num_frames` must be a positive int, got {num_frames!r}")
+        b = reference.shape[0]
+        for name, regions in (("previous_regions", previous_regions), ("reference_regions", reference_regions)):
+            if not isinstance(regions, RegionParams) or regions.shift is None or regions.shift.shape[0] != b:
+                raise ValueError(f"`{name}` must be RegionParams of the {b} reference frames")
+        steps = torch.arange(1, num_frames + 1, device=reference.device, dtype=reference_regions.shift.dtype)
+        velocity = reference_regions.shift - previous_regions.shift
+        shift = reference_regions.shift[:, None] + steps.view(1, -1, 1, 1) * velocity[:, None]  # (B, T, K, 2)
+        if reflect_extent is not None:
+            shift = _reflect_into_frame(shift, reference_regions.covar, reflect_extent)
+        source = reference_regions.repeat_interleave(num_frames)
+        driving = RegionParams(**{**source, "shift": shift.flatten(0, 1)})
+        # the background as the autoencoder encodes the reference relative to itself: its own "no camera motion"
+        background = self._run(self.bg_predictor, reference, reference).repeat_interleave(num_frames, dim=0)
+        motion = self._run(self.pixelwise_flow_predictor, reference, driving, source, background, num_frames)
+        flow = motion.optical_flow.permute(0, 3, 1, 2)
+        occlusion = motion.occlusion_map
+        output = FlowAutoencoderEncoderOutput(
+            optical_flow=flow.reshape(b, num_frames, *flow.shape[1:]),
+            occlusion_map=None if occlusion is None else occlusion.reshape(b, num_frames, *occlusion.shape[1:]),
         )
         return output if return_dict else output.to_tuple()
 

@@ -38,6 +38,10 @@ class RegionParams(BaseOutput):
             **{k: v.repeat_interleave(repeats, dim=0) for k, v in self.items() if v is not None}
         )
 
+    def frame(self, index: int, num_frames: int) -> "RegionParams":
+        """Of parameters batched over (B·num_frames) frames video by video, those of frame ``index`` of each video."""
+        return RegionParams(**{k: v.unflatten(0, (-1, num_frames))[:, index] for k, v in self.items() if v is not None})
+
 
 def covariance_square_root(covar: torch.Tensor):
     """U, D and U @ sqrt(D) of symmetric 2x2 covariances (B, K, 2, 2).

@@ -34,6 +34,9 @@ MOTION_CHANNELS = 3  # flow x, flow y, occlusion
 # attention layers' channels-last views need no copies.
 CHANNELS_LAST = torch.channels_last_3d
 CONDITION_FEATURE_MODES = ("none", "trajectory_attention", "adaptor")
+#: what the denoised motion can be measured from (``motion_prior``): the last observed motion continued, unbounded or
+#: bouncing off the frame's edges; name -> ``FlowAutoencoder.extrapolate``'s ``reflect_extent``
+MOTION_PRIORS = {"constant_velocity": None, "constant_velocity_reflected": 1.25}
 BLOCK_LAYOUTS = ("interleaved", "grouped")
 
 
@@ -158,6 +161,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             (the original); a number s, s times the displacement from the identity grid, so that the motion's
             spread is near the noise's (as latent diffusion scales its latents): the pipeline converts, the
             network never reads it.
+        motion_prior: what the motion it denoises is measured from: ``None``, nothing (the original); ``"constant_velocity"``,
+            the autoencoder's extrapolation of the last two observed frames (``FlowAutoencoder.extrapolate``): it
+            denoises the window's motion minus that guess, in the same units. The pipeline computes the guess once
+            per window and converts; the network never reads it. Needs ``num_cond_frames`` >= 2.
     """
 
     _supports_gradient_checkpointing = True
@@ -200,8 +207,12 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         rotary_dim: Optional[int] = None,
         time_bias_max_distance: int = 32,
         motion_latent_scale: Optional[float] = None,
+        motion_prior: Optional[str] = None,
     ):
         super().__init__()
+        if motion_prior is not None and (motion_prior not in MOTION_PRIORS or num_cond_frames < 2):
+            raise ValueError(f"`motion_prior` must be None or one of {tuple(MOTION_PRIORS)} (with num_cond_frames >= 2), got "
+                             f"{motion_prior!r} with num_cond_frames={num_cond_frames}")
         if motion_latent_scale is not None and not motion_latent_scale > 0:
             raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:

@@ -24,7 +24,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..models.autoencoder_blocks import make_coordinate_grid
 from ..models.flow_autoencoder import FlowAutoencoder
-from ..models.unet_3d_extdm import ExtDMUNet3DModel
+from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel
 
 if TYPE_CHECKING:
     from ..benchmarks import Benchmark
@@ -68,6 +68,9 @@ class MotionCondition:
     flow, occlusion: (B, T, 2, h, w) and (B, T, 1, h, w) or None: the raw motion of all encoded frames.
     future_motion: (B, 3, K, h, w) motion of the K frames after the observed ones, when they were given
         (training targets); else None.
+    prior_motion: (B, 3, num_pred_frames, h, w) the window's motion guessed from the observed frames alone (the
+        denoiser's ``motion_prior``), which the denoiser refines: it denoises the motion minus this guess; None for
+        the original, which denoises the motion itself.
     """
 
     reference: torch.Tensor
@@ -76,6 +79,17 @@ class MotionCondition:
     flow: torch.Tensor
     occlusion: Optional[torch.Tensor]
     future_motion: Optional[torch.Tensor] = None
+    prior_motion: Optional[torch.Tensor] = None
+
+    def denoising_target(self) -> torch.Tensor:
+        """What the denoiser learns to sample: ``future_motion``, less ``prior_motion`` where there is one."""
+        if self.future_motion is None:
+            raise ValueError("the condition has no future motion: encode the observed frames and the future ones")
+        return self.future_motion if self.prior_motion is None else self.future_motion - self.prior_motion
+
+    def motion_from_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """The window's motion from what the denoiser sampled (the inverse of ``denoising_target``)."""
+        return sample if self.prior_motion is None else sample + self.prior_motion[:, :, : sample.shape[2]].to(sample.dtype)
 
     def repeat_interleave(self, repeats: int) -> "MotionCondition":
         def repeat(tensor):
@@ -120,19 +134,29 @@ def encode_condition(
     num_feature_frames: int,
     use_occlusion: bool = True,
     motion_latent_scale: Optional[float] = None,
+    motion_prior: Optional[str] = None,
+    num_pred_frames: Optional[int] = None,
 ) -> MotionCondition:
     """The denoiser's condition from ``frames`` (B, T, C, H, W): the first ``num_cond_frames`` are observed, the
     last of them is the reference; frames after them (training clips) become ``future_motion``. All T frames go
-    through the autoencoder in one batched call (features of the observed frames only). Training and sampling both
-    build the condition here."""
+    through the autoencoder in one batched call (features of the observed frames only). ``motion_prior``
+    ``"constant_velocity"``: ``prior_motion`` over ``num_pred_frames`` frames is ``FlowAutoencoder.extrapolate``
+    from the last two observed frames. Training and sampling both build the condition here."""
     reference = frames[:, num_cond_frames - 1]
     encoded = flow_autoencoder.encode(frames, reference, feature_frames=num_cond_frames)
     occlusion = encoded.occlusion_map if use_occlusion else None
-    if occlusion is None:  # the original conditions on zeros where it does not use occlusion
-        occlusion_channel = torch.zeros_like(encoded.optical_flow[:, :, :1])
-    else:
-        occlusion_channel = occlusion * 2 - 1
-    motion = torch.cat([flow_to_latents(encoded.optical_flow, motion_latent_scale), occlusion_channel], dim=2).transpose(1, 2)
+    motion = motion_latents(encoded.optical_flow, occlusion, motion_latent_scale)
+    prior_motion = None
+    if motion_prior is not None:
+        if motion_prior not in MOTION_PRIORS or num_cond_frames < 2 or not num_pred_frames:
+            raise ValueError(f"`motion_prior` must be one of {tuple(MOTION_PRIORS)} with num_cond_frames >= 2 and "
+                             f"num_pred_frames given, got {motion_prior!r}, {num_cond_frames}, {num_pred_frames}")
+        regions, num_frames = encoded.region_params, frames.shape[1]
+        guess = flow_autoencoder.extrapolate(reference, regions.frame(num_cond_frames - 2, num_frames),
+                                             regions.frame(num_cond_frames - 1, num_frames), num_pred_frames,
+                                             reflect_extent=MOTION_PRIORS[motion_prior])
+        prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
+                                      motion_latent_scale)
     features = encoded.features
     observed = features[:, : num_cond_frames - 1]
     repeats = num_feature_frames - observed.shape[1]
@@ -144,7 +168,16 @@ def encode_condition(
         flow=encoded.optical_flow,
         occlusion=occlusion,
         future_motion=motion[:, :, num_cond_frames:] if frames.shape[1] > num_cond_frames else None,
+        prior_motion=prior_motion,
     )
+
+
+def motion_latents(flow: torch.Tensor, occlusion: Optional[torch.Tensor], motion_latent_scale: Optional[float]) -> torch.Tensor:
+    """The denoiser's motion (B, 3, T, h, w) from flow grids (B, T, 2, h, w) and occlusion maps (B, T, 1, h, w) in
+    [0, 1]: the flow channels as ``flow_to_latents``, then 2·occlusion−1, zeros without occlusion (as the original
+    conditions where it does not use occlusion)."""
+    occlusion_channel = torch.zeros_like(flow[:, :, :1]) if occlusion is None else occlusion * 2 - 1
+    return torch.cat([flow_to_latents(flow, motion_latent_scale), occlusion_channel], dim=2).transpose(1, 2)
 
 
 class ExtDMPipeline(DiffusionPipeline):
@@ -320,7 +353,7 @@ class ExtDMPipeline(DiffusionPipeline):
     def encode_condition(self, frames: torch.Tensor, use_occlusion: bool = True) -> MotionCondition:
         """The denoiser's condition from ``frames`` (B, num_cond_frames [+ K], C, H, W); see ``encode_condition``."""
         return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion,
-                                self.unet.config.motion_latent_scale)
+                                self.unet.config.motion_latent_scale, self.unet.config.motion_prior, self.num_pred_frames)
 
     def resolve_use_occlusion(self, use_occlusion: Optional[bool]) -> bool:
         """``use_occlusion`` of ``__call__``: ``None`` means whether the autoencoder estimates occlusion maps."""
@@ -451,7 +484,7 @@ class ExtDMPipeline(DiffusionPipeline):
             )
         # The original's sampler ends on a thresholded x0 in [-1, 1]; keep every scheduler's motion there so that
         # decoding and re-encoding never see grids far outside the frame.
-        return clamp_latents(sample, self.unet.config.motion_latent_scale)
+        return clamp_latents(condition.motion_from_sample(sample), self.unet.config.motion_latent_scale)
 
     def next_window_condition(self, condition: MotionCondition, decoded: torch.Tensor, use_occlusion: bool) -> MotionCondition:
         """The next window's condition: the last ``num_cond_frames`` frames of [the observed frames as the

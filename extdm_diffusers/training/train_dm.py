@@ -95,10 +95,10 @@ def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timest
     from ..pipelines.pipeline_extdm import latents_to_flow
 
     with torch.no_grad():
-        target = condition.future_motion.float()
+        target = condition.denoising_target().float()
         noisy = scheduler.add_noise(target, noise.float(), timesteps)
         x0 = scheduler.predict_original_sample(model_output.float(), timesteps, noisy)
-        motion = x0.transpose(1, 2).to(condition.reference.dtype)
+        motion = condition.motion_from_sample(x0).transpose(1, 2).to(condition.reference.dtype)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
         decoded = flow_autoencoder.decode(condition.reference, latents_to_flow(motion[:, :, :2], motion_latent_scale), occlusion)
         future = future_frames.to(decoded.sample.dtype)
@@ -194,12 +194,18 @@ class DenoiserTask(TrainingTask):
     def motion_latent_scale(self) -> Optional[float]:
         return self.unet_config.get("motion_latent_scale")
 
+    @property
+    def motion_prior(self) -> Optional[str]:
+        return self.unet_config.get("motion_prior")
+
     def make_scheduler(self):
-        """The original's sampler; for scaled displacement latents (``motion_latent_scale``) without its dynamic
-        thresholding, which divides every x0 whose 0.9 quantile exceeds 1 and would shrink their motion."""
+        """The original's sampler; for scaled displacement latents (``motion_latent_scale``) or motion measured from a
+        prior (``motion_prior``) without its dynamic thresholding, which divides every x0 whose 0.9 quantile
+        exceeds 1 and would shrink their motion."""
         from ..schedulers import ExtDMDDIMScheduler
 
-        return ExtDMDDIMScheduler(prediction_type=self.args.prediction_type, thresholding=self.motion_latent_scale is None)
+        thresholding = self.motion_latent_scale is None and self.motion_prior is None
+        return ExtDMDDIMScheduler(prediction_type=self.args.prediction_type, thresholding=thresholding)
 
     def make_optimizer(self, parameters, learning_rate: float) -> torch.optim.Optimizer:
         training = self.training
@@ -216,8 +222,9 @@ class DenoiserTask(TrainingTask):
         frames = batch["video"].to(self.device, dtype=self.dtype)
         with torch.no_grad():
             condition = encode_condition(self.frozen_ae, frames, self.num_cond, self.num_feature_frames,
-                                         self.use_occlusion_train, self.motion_latent_scale)
-        target = condition.future_motion.float()
+                                         self.use_occlusion_train, self.motion_latent_scale, self.motion_prior,
+                                         frames.shape[1] - self.num_cond)
+        target = condition.denoising_target().float()
         noise = torch.randn(target.shape, generator=generator, device=self.device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (target.shape[0],),
                                   generator=generator, device=self.device)
