@@ -75,7 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     model.add_argument("--feature_width", type=int, default=64, help="channels of the autoencoder's bottleneck features")
     train = parser.add_argument_group("training")
     train.add_argument("--ae_steps", type=int, default=300)
-    train.add_argument("--dm_steps", type=int, default=360)
+    train.add_argument("--dm_steps", type=int, default=320)
     train.add_argument("--ae_learning_rate", type=float, default=5e-4)
     train.add_argument("--dm_learning_rate", type=float, default=2e-3)
     train.add_argument("--ae_lr_scheduler", default="constant", help="train_flow_ae's --lr_scheduler")

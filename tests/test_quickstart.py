@@ -107,7 +107,7 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
 
     args = parse_args([])
     config = denoiser_config(args)
-    assert (config["motion_prior"], config["motion_latent_scale"], args.dm_steps) == ("constant_velocity_reflected", 20.0, 360)
+    assert (config["motion_prior"], config["motion_latent_scale"], args.dm_steps) == ("constant_velocity_reflected", 20.0, 320)
     assert "motion_prior" not in denoiser_config(parse_args(["--dm_motion_prior", "none"]))  # the original's
     # the saved pipeline's denoiser measures its motion from that guess
     from extdm_diffusers import ExtDMUNet3DModel
