@@ -98,13 +98,13 @@ def test_presets_resolve_and_conflicts_name_both_flags():
     assert resolve_sampler() == Sampler("ddim_original", 10, 1.0, None)
     assert resolve_sampler(preset="protocol", protocol_steps=10, protocol_eta=1.0) == Sampler("ddim_original", 10, 1.0, "protocol")
     fast = resolve_sampler(preset="fast")
-    assert fast == Sampler("dpm", 5, None, "fast") and not fast.is_paper(10, 1.0)
+    assert fast == Sampler("dpm_sde", 8, None, "fast") and not fast.is_paper(10, 1.0)
     assert resolve_sampler(preset="protocol").is_paper(10, 1.0)
     assert not resolve_sampler(num_inference_steps=5).is_paper(10, 1.0)
     assert resolve_sampler("ddim", eta=0) == Sampler("ddim", 10, 0.0, None)
     assert fast.settings() == {"class": "DPMSolverMultistepScheduler", "schedule": "the original's cosine betas (trained_betas)",
                                "timestep_spacing": "trailing", "solver_order": 2, "lower_order_final": True,
-                               "algorithm_type": "dpmsolver++", "eta": None}
+                               "algorithm_type": "sde-dpmsolver++", "eta": None}
     json.dumps(fast.settings())
     with pytest.raises(ValueError, match=r"^--sampler_preset fast sets the scheduler, steps and eta; it cannot be "
                                          r"combined with --scheduler, --eta \(pass the preset or the flags\)$"):
@@ -190,16 +190,16 @@ def test_metrics_record_the_sampler_and_the_counted_denoiser_calls(assets, tmp_p
     out = tmp_path / "fast"
     assert evaluation.main(_evaluate_args(assets, out, "--sampler_preset", "fast")) == 0
     printed = capsys.readouterr().out
-    assert "sampler: not the paper's sampler: dpm, 5 steps per window (--sampler_preset fast) (the paper: " \
+    assert "sampler: not the paper's sampler: dpm_sde, 8 steps per window (--sampler_preset fast) (the paper: " \
            "ddim_original, 10 steps per window, eta 1); these numbers are not the paper's protocol" in printed
     result = json.loads((out / "metrics.json").read_text())
     proto = result["metadata"]["protocol"]
     assert (proto["scheduler"], proto["sampler_preset"], proto["paper_sampler"], proto["num_inference_steps"]) == \
-        ("dpm", "fast", False, 5)
+        ("dpm_sde", "fast", False, 8)
     assert proto["scheduler_settings"]["class"] == "DPMSolverMultistepScheduler"
-    assert proto["scheduler_settings"]["algorithm_type"] == "dpmsolver++" and proto["scheduler_settings"]["eta"] is None
-    # 5 steps x 2 windows; every sample of every video made exactly that many U-Net calls
-    assert proto["denoiser_calls_per_video"] == 10
+    assert proto["scheduler_settings"]["algorithm_type"] == "sde-dpmsolver++" and proto["scheduler_settings"]["eta"] is None
+    # 8 steps x 2 windows; every sample of every video made exactly that many U-Net calls
+    assert proto["denoiser_calls_per_video"] == 16
     assert sum(calls) == proto["denoiser_calls_per_video"] * 2 * 3
     assert "not the paper's protocol" in result["notes"]["sampler"]
 
