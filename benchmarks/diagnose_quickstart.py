@@ -45,8 +45,8 @@ from extdm_diffusers.evaluation.motion_fidelity import (
 from extdm_diffusers.file_io import atomic_write_text
 from extdm_diffusers.metrics import psnr, ssim
 from extdm_diffusers.models.autoencoder_blocks import make_coordinate_grid
-from extdm_diffusers.models.unet_3d_extdm import MOTION_PRIORS
 from extdm_diffusers.pipelines import ExtDMPipeline
+from extdm_diffusers.pipelines.pipeline_extdm import extrapolate_observed
 
 #: the metrics of predicted frames against the true ones: name -> function of (pred, truth), each (B, T, C, H, W) -> (B, T)
 FRAME_METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -188,8 +188,7 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
     out["frames/copy_last_frame"] = _frame_metrics(cond[:, -1:].expand_as(truth), truth)
     # the autoencoder alone continuing the last observed step at constant velocity over the whole horizon
     regions = ae.encode(cond[:, -2:], reference).region_params
-    guess = ae.extrapolate(reference, regions.frame(0, 2), regions.frame(1, 2), horizon,
-                           reflect_extent=MOTION_PRIORS.get(pipe.unet.config.motion_prior))  # the pipeline's own guess
+    guess = extrapolate_observed(ae, reference, regions, 2, 2, horizon, pipe.unet.config.motion_prior)  # the pipeline's own
     guess_occlusion = guess.occlusion_map if use_occlusion else None
     extrapolated = ae.decode(reference, guess.optical_flow, guess_occlusion).sample.float().clamp(0, 1)
     out["frames/constant_velocity"] = _frame_metrics(extrapolated, truth)

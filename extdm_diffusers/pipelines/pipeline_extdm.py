@@ -89,7 +89,7 @@ class MotionCondition:
 
     def motion_from_sample(self, sample: torch.Tensor) -> torch.Tensor:
         """The window's motion from what the denoiser sampled (the inverse of ``denoising_target``)."""
-        return sample if self.prior_motion is None else sample + self.prior_motion[:, :, : sample.shape[2]].to(sample.dtype)
+        return sample if self.prior_motion is None else sample + self.prior_motion.to(sample.dtype)
 
     def repeat_interleave(self, repeats: int) -> "MotionCondition":
         def repeat(tensor):
@@ -151,10 +151,8 @@ def encode_condition(
         if motion_prior not in MOTION_PRIORS or num_cond_frames < 2 or not num_pred_frames:
             raise ValueError(f"`motion_prior` must be one of {tuple(MOTION_PRIORS)} with num_cond_frames >= 2 and "
                              f"num_pred_frames given, got {motion_prior!r}, {num_cond_frames}, {num_pred_frames}")
-        regions, num_frames = encoded.region_params, frames.shape[1]
-        guess = flow_autoencoder.extrapolate(reference, regions.frame(num_cond_frames - 2, num_frames),
-                                             regions.frame(num_cond_frames - 1, num_frames), num_pred_frames,
-                                             reflect_extent=MOTION_PRIORS[motion_prior])
+        guess = extrapolate_observed(flow_autoencoder, reference, encoded.region_params, frames.shape[1], num_cond_frames,
+                                     num_pred_frames, motion_prior)
         prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
                                       motion_latent_scale)
     features = encoded.features
@@ -170,6 +168,17 @@ def encode_condition(
         future_motion=motion[:, :, num_cond_frames:] if frames.shape[1] > num_cond_frames else None,
         prior_motion=prior_motion,
     )
+
+
+def extrapolate_observed(flow_autoencoder: FlowAutoencoder, reference: torch.Tensor, region_params,
+                         num_encoded_frames: int, num_cond_frames: int, num_frames: int, motion_prior: Optional[str]):
+    """``motion_prior``'s guess of ``num_frames`` frames after the observed ones: ``FlowAutoencoder.extrapolate`` from
+    the last two observed frames' regions (``region_params`` of ``encode`` over ``num_encoded_frames`` frames), with
+    the prior's reflection (``None``: unbounded)."""
+    return flow_autoencoder.extrapolate(
+        reference, region_params.frame(num_cond_frames - 2, num_encoded_frames),
+        region_params.frame(num_cond_frames - 1, num_encoded_frames), num_frames,
+        reflect_extent=MOTION_PRIORS.get(motion_prior))
 
 
 def motion_latents(flow: torch.Tensor, occlusion: Optional[torch.Tensor], motion_latent_scale: Optional[float]) -> torch.Tensor:
