@@ -15,7 +15,9 @@ c. ``frames.extdm``, ``frames.copy_last_frame``, ``frames.constant_velocity`` (n
    continued at constant velocity, ``FlowAutoencoder.extrapolate``): PSNR, SSIM, sharpness against the truth's, centroid errors;
 d. ``second_window``: window 2 of the rollout, and window 2 teacher-forced: conditioned as the pipeline
    conditions it, but on the frames the autoencoder decodes from the true motion of window 1 instead of the
-   predicted ones, with the same noise; the gap between the two is the error window 1 hands on;
+   predicted ones, with the same noise, and decoded as the pipeline decodes (its ``rollout_reference``:
+   ``observed`` composes with the true motion of window 1's last frame); the gap between the two is the error
+   window 1 hands on;
 e. ``frames_predictable`` and ``frames_after_a_fresh_velocity``: section c split by whether some digit has drawn a
    fresh velocity (SMMNIST's stochastic bounce) since the last observed frame, from the builder's replayed draws
    (``smmnist.split_paths``): only on the first can one sample be expected to follow the truth.
@@ -46,7 +48,7 @@ from extdm_diffusers.file_io import atomic_write_text
 from extdm_diffusers.metrics import psnr, ssim
 from extdm_diffusers.models.autoencoder_blocks import make_coordinate_grid
 from extdm_diffusers.pipelines import ExtDMPipeline
-from extdm_diffusers.pipelines.pipeline_extdm import extrapolate_observed
+from extdm_diffusers.pipelines.pipeline_extdm import RolloutAnchor, extrapolate_observed
 
 #: the metrics of predicted frames against the true ones: name -> function of (pred, truth), each (B, T, C, H, W) -> (B, T)
 FRAME_METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -151,10 +153,13 @@ def rollout(pipe: ExtDMPipeline, cond: torch.Tensor, horizon: int, generators: L
 
 @torch.no_grad()
 def denoise_second_window(pipe: ExtDMPipeline, condition, generators: List[torch.Generator], states: List[torch.Tensor],
-                          num_inference_steps: int, eta: float, num_windows: int, use_occlusion: bool):
+                          num_inference_steps: int, eta: float, num_windows: int, use_occlusion: bool,
+                          anchor: Optional[RolloutAnchor] = None):
     """Window 2 under ``condition`` (one per prediction) as ``ExtDMPipeline.__call__`` samples it, with the
     ``generators`` put back to ``states`` (theirs where the rollout's window 2 began): the same noise as the
-    rollout's window 2. Returns the denoised motion (N, 3, window, h, w) and the decoded frames in [0, 1]."""
+    rollout's window 2, decoded as the pipeline decodes it (its ``rollout_reference``; ``anchor``: the motion of
+    the condition's reference from the last observed frame). Returns the denoised motion (N, 3, window, h, w) and
+    the decoded frames in [0, 1]."""
     for generator, state in zip(generators, states, strict=True):
         generator.set_state(state)
     latent_dtype = torch.promote_types(pipe.unet.dtype, torch.float32)
@@ -163,7 +168,9 @@ def denoise_second_window(pipe: ExtDMPipeline, condition, generators: List[torch
     with pipe.progress_bar(total=num_inference_steps) as progress_bar:
         sample = pipe.denoise_window(sample, condition, 1, num_windows, num_inference_steps,
                                      pipe.prepare_extra_step_kwargs(generators, eta), None, [], progress_bar)
-    frames = pipe.decode_motion(condition.reference, sample.to(pipe.flow_autoencoder.dtype), use_occlusion)
+    rollout_reference = pipe.resolve_rollout_reference(None)
+    frames, _ = pipe.decode_window(condition, sample.to(pipe.flow_autoencoder.dtype), use_occlusion, rollout_reference,
+                                   anchor if rollout_reference == "observed" else None)
     return sample, frames.float().clamp(0, 1)
 
 
@@ -220,9 +227,14 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
                            ("autoencoder", reconstruction[:, second])):
         out[f"second_window/{method}"] = _frame_metrics(frames, truth_2)
     forced_per_video = pipe.next_window_condition(condition, reconstructed[:, first], use_occlusion)
+    # the true motion of window 1's last frame, per prediction: what an "observed" rollout composes window 2's with
+    last = first.stop - 1
+    true_last = RolloutAnchor(reference.repeat_interleave(num_samples, dim=0),
+                              encoded.optical_flow[:, last].repeat_interleave(num_samples, dim=0),
+                              None if true_occlusion is None else true_occlusion[:, last].repeat_interleave(num_samples, dim=0))
     sample, forced_frames = denoise_second_window(pipe, forced_per_video.repeat_interleave(num_samples), generators,
                                                   window_2_states, num_inference_steps, eta, -(-horizon // window),
-                                                  use_occlusion)
+                                                  use_occlusion, true_last)
     out["second_window/extdm_teacher_forced"] = _frame_metrics(forced_frames[:, : second.stop - window], truth_2)
 
     # the teacher-forced window's motion against the true frames encoded relative to its reference

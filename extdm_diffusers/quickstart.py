@@ -32,6 +32,7 @@ import torch
 
 from .file_io import atomic_write_text
 from .models.unet_3d_extdm import MOTION_PRIORS
+from .pipelines.pipeline_extdm import ROLLOUT_REFERENCES
 from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
 STAGES = ("data", "autoencoder", "denoiser", "evaluation")
@@ -91,6 +92,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="the denoiser's motion_prior: it denoises the motion minus the autoencoder's constant-"
                             "velocity extrapolation of the last two observed frames (_reflected: bouncing off the "
                             "frame's edges; none: the motion itself, the original)")
+    train.add_argument("--rollout_reference", default="observed", choices=ROLLOUT_REFERENCES,
+                       help="the pipeline's rollout_reference: observed (every predicted frame one warp of the last "
+                            "observed frame, the windows' motion composed) or last_decoded (each window warps the last "
+                            "frame decoded before it, the original: blur compounds)")
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
@@ -224,6 +229,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print("extdm-quickstart: the denoiser denoises the motion minus the autoencoder's constant-velocity "
               f"extrapolation of the last two observed frames (motion_prior {args.dm_motion_prior}; the original: the "
               "motion itself) (docs/quickstart.md)", flush=True)
+    if args.rollout_reference != "last_decoded":
+        print("extdm-quickstart: the second window's frames are warps of the last observed frame by the motion composed "
+              "over the windows (rollout_reference observed; the original warps the last frame decoded before each "
+              "window, blurring it again) (docs/quickstart.md)", flush=True)
 
     def stage(name: str, run) -> None:
         if name in state["done"]:
@@ -254,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _training_argv(args, out, out / "pipeline", args.dm_steps, args.dm_learning_rate, args.dm_lr_scheduler, args.dm_batch_size,
                        denoiser_config(args))
         + ["--flow_autoencoder", str(out / "flow_autoencoder"), "--lr_warmup_steps", str(args.dm_lr_warmup_steps)]
-        + ["--prediction_type", args.dm_prediction_type]
+        + ["--prediction_type", args.dm_prediction_type, "--rollout_reference", args.rollout_reference]
         + (["--snr_gamma", str(args.dm_snr_gamma)] if args.dm_snr_gamma else [])))
 
     def evaluate() -> None:

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import diagnose_quickstart  # noqa: E402
 from extdm_diffusers import ExtDMPipeline  # noqa: E402
+from extdm_diffusers.pipelines.pipeline_extdm import RolloutAnchor  # noqa: E402
 from extdm_diffusers.evaluation.motion_fidelity import blob_centroid_error, centroid_error, sharpness_ratio  # noqa: E402
 from extdm_diffusers.quickstart import main as quickstart_main  # noqa: E402
 
@@ -125,7 +126,9 @@ def test_the_teacher_forced_window_draws_the_rollouts_noise(run_dir):
     assert output.frames.shape == (4, 7, 3, 32, 32) and len(states) == 4
     condition = pipe.encode_condition(cond, True).repeat_interleave(2)
     condition = pipe.next_window_condition(condition, output.frames[:, :5], True)
-    sample, frames = diagnose_quickstart.denoise_second_window(pipe, condition, generators, states, 2, 1.0, 2, True)
+    assert pipe.config.rollout_reference == "observed"  # the quick start's: window 2 composed with window 1's last motion
+    anchor = RolloutAnchor(cond[:, -1].repeat_interleave(2, dim=0), output.motion[:, 4, :2], output.motion[:, 4, 2:])
+    sample, frames = diagnose_quickstart.denoise_second_window(pipe, condition, generators, states, 2, 1.0, 2, True, anchor)
     torch.testing.assert_close(frames[:, :2], output.frames[:, 5:], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pipe.motion_to_output(sample)[:, :2], output.motion[:, 5:], rtol=1e-5, atol=1e-6)
 

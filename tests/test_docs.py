@@ -138,3 +138,10 @@ def test_benchmarks_md_example_runs():
     scope = {}
     exec(compile(python_blocks("benchmarks.md")[0], "docs/benchmarks.md", "exec"), scope)
     assert scope["pipe"].num_cond_frames == 10 and scope["config"]["base_channels"] == 32
+
+
+def test_pipeline_md_rollout_reference_example_runs():
+    block = next(b for b in python_blocks("pipeline.md") if 'rollout_reference="observed"' in b)
+    scope = {}
+    exec(compile(block, "docs/pipeline.md", "exec"), scope)
+    assert scope["observed"].frames.shape == (1, 6, 3, 32, 32)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from extdm_diffusers import FlowAutoencoder
+from extdm_diffusers.models import compose_motion
 from extdm_diffusers.conversion import CheckpointConversionError, flow_autoencoder_from_original
 from reference_cases import load_case, relative_error, split_autoencoder
 
@@ -149,3 +150,38 @@ def test_other_background_types_and_regression_affine(bg_type):
     # freshly initialised predictors start from the identity transform
     torch.testing.assert_close(out.background_params, torch.eye(3).expand(2, 3, 3))
     torch.testing.assert_close(out.driving_region_params.affine, torch.eye(2).expand(2, 3, 2, 2))
+
+
+def _pixel_centre_grid(h: int, w: int, shift=(0.0, 0.0)) -> torch.Tensor:
+    """(2, h, w) the grid that ``grid_sample`` (align_corners=False) reads pixel centres with, moved by ``shift``
+    pixels (x, y)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.stack([(2 * (xs + shift[0]) + 1) / w - 1, (2 * (ys + shift[1]) + 1) / h - 1])
+
+
+def test_compose_motion_chains_two_warps():
+    """Translations add; sampling the outer flow at pixel centres returns it; occlusions multiply; and decoding
+    the composition warps as warping twice does (plain warps, integer shifts: no interpolation)."""
+    h = w = 8
+    outer = _pixel_centre_grid(h, w, (1, 0))[None]  # frame B samples A one pixel to the right
+    inner = torch.stack([_pixel_centre_grid(h, w, (0, 2)), _pixel_centre_grid(h, w)])[None]  # (1, 2, 2, h, w)
+    outer_occlusion = torch.rand(1, 1, h, w, dtype=torch.float64)
+    inner_occlusion = torch.rand(1, 2, 1, h, w, dtype=torch.float64)
+    flow, occlusion = compose_motion(outer, outer_occlusion, inner, inner_occlusion)
+    assert flow.shape == (1, 2, 2, h, w) and occlusion.shape == (1, 2, 1, h, w)
+    interior = (slice(None), slice(None), slice(None), slice(0, h - 2), slice(0, w - 1))
+    torch.testing.assert_close(flow[interior], torch.stack([_pixel_centre_grid(h, w, (1, 2)), _pixel_centre_grid(h, w, (1, 0))])[None][interior])
+    torch.testing.assert_close(flow[:, 1], outer)  # an identity inner warp keeps the outer one
+    torch.testing.assert_close(occlusion[:, 1], outer_occlusion * inner_occlusion[:, 1])
+    torch.testing.assert_close(occlusion[:, 0, :, : h - 2], outer_occlusion[:, :, 2:] * inner_occlusion[:, 0, :, : h - 2])
+    image = torch.rand(1, 1, h, w, dtype=torch.float64)
+
+    def warp(frame, grid):
+        return torch.nn.functional.grid_sample(frame, grid.permute(0, 2, 3, 1), align_corners=False)
+
+    twice = warp(warp(image, outer), inner[:, 0])
+    torch.testing.assert_close(warp(image, flow[:, 0])[..., : h - 2, : w - 1], twice[..., : h - 2, : w - 1])
+    no_occlusion = compose_motion(outer, None, inner, None)
+    assert no_occlusion[1] is None and torch.equal(no_occlusion[0], flow)
+    with pytest.raises(ValueError, match=r"`outer_flow` must have shape \(B, 2, h, w\) and `inner_flow` \(B, T, 2, h, w\)"):
+        compose_motion(outer, None, inner[:, 0], None)

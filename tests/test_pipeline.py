@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from extdm_diffusers import ExtDMDDIMScheduler, ExtDMPipeline, ExtDMUNet3DModel, FlowAutoencoder
+from extdm_diffusers.models import compose_motion
 from extdm_diffusers.conversion import CheckpointConversionError, pipeline_from_original, unet_config_from_original
 from reference_cases import DTYPE_ARGUMENT, diffusion_checkpoint, load_case, relative_error, split_autoencoder
 
@@ -60,6 +61,43 @@ def test_rollout_when_the_window_is_shorter_than_the_condition():
         reconstructed = autoencoder.decode(video[:, -1], encoded.optical_flow[:, -1:], encoded.occlusion_map[:, -1:]).sample
     second = pipe(torch.cat([reconstructed, first], dim=1).clamp(0, 1), eta=0.0, latents=noise[:, :, 2:], output_type="pt").frames
     torch.testing.assert_close(rollout, torch.cat([first, second], dim=1), rtol=1e-4, atol=1e-5)
+
+
+def test_observed_rollout_warps_the_observed_frame_by_the_composed_motion(reference_pipeline_factory, tmp_path):
+    """``rollout_reference="observed"``: the same denoised motion as the original's rollout (same condition), the
+    first window's frames alike, and every later frame one warp of the last observed frame, its motion composed
+    with that of the frame the window is relative to."""
+    _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")  # 2 observed -> 5 predicted
+    video = conditioning_video(t)
+    noise = torch.randn(1, 3, 10, 16, 16, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(num_frames=10, eta=0.0, latents=noise, output_type="pt", return_motion=True)
+    original = pipe(video, **kwargs)
+    observed = pipe(video, rollout_reference="observed", **kwargs)
+    torch.testing.assert_close(observed.motion, original.motion, rtol=0, atol=0)
+    torch.testing.assert_close(observed.frames[:, :5], original.frames[:, :5], rtol=0, atol=0)
+    assert (observed.frames[:, 5:] - original.frames[:, 5:]).abs().max() > 1e-3
+    motion = observed.motion  # (B, T, 3, h, w): flow x, y and occlusion in [0, 1]
+    flow, occlusion = compose_motion(motion[:, 4, :2], motion[:, 4, 2:], motion[:, 5:, :2], motion[:, 5:, 2:])
+    with torch.no_grad():
+        by_hand = pipe.flow_autoencoder.decode(video[:, -1], flow, occlusion).sample.clamp(0, 1)
+    torch.testing.assert_close(observed.frames[:, 5:], by_hand, rtol=1e-4, atol=1e-5)
+    # decode_latents decodes the latent output the same way
+    latent = pipe(video, rollout_reference="observed", **{**kwargs, "output_type": "latent"}).frames
+    torch.testing.assert_close(pipe.decode_latents(video, latent, output_type="pt", rollout_reference="observed"),
+                               observed.frames, rtol=0, atol=0)
+    # a pipeline made with it rolls out that way by default, and keeps it through save_pretrained
+    made = ExtDMPipeline(pipe.flow_autoencoder, pipe.unet, pipe.scheduler, rollout_reference="observed")
+    made.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["rollout_reference"] == "observed"
+    loaded = ExtDMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.rollout_reference == "observed"
+    torch.testing.assert_close(loaded(video, **kwargs).frames, loaded(video, rollout_reference="observed", **kwargs).frames,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`rollout_reference` must be one of \('last_decoded', 'observed'\), got 'first'"):
+        pipe(video, rollout_reference="first")
+    with pytest.raises(ValueError, match=r"`rollout_reference` must be one of"):
+        ExtDMPipeline(pipe.flow_autoencoder, pipe.unet, pipe.scheduler, rollout_reference="observed_frame")
 
 
 def test_samples_are_reproducible_and_distinct(reference_pipeline_factory):

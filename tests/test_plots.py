@@ -195,6 +195,9 @@ def test_card_of_the_paper_protocol_shows_the_paper_row(tmp_path):
     result["metadata"]["protocol"].update(scheduler="dpm", scheduler_settings=None, paper_sampler=False)
     assert model_card.paper_protocol_differences(result, 64) == [
         "the sampler (sampler `dpm`, 10 steps per window; the paper: 10 steps of DDIM, eta 1.0)"]
+    result["metadata"]["protocol"].update(paper_sampler=True, rollout_reference="observed")
+    assert model_card.paper_protocol_differences(result, 64) == [
+        "the rollout (rollout_reference observed; the paper: each window warps the last frame decoded before it)"]
     assert model_card.paper_protocol_differences(dict(result, metadata=dict(result["metadata"], benchmark="mine")), 64) == [
         "mine is not one of the paper's benchmarks"]
 

@@ -84,6 +84,10 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     assert (out / "per_frame.png").is_file() and (out / "evaluation" / "per_frame.png").is_file()
     pipe = ExtDMPipeline.from_pretrained(out / "pipeline")
     assert (pipe.num_cond_frames, pipe.num_pred_frames, pipe.flow_autoencoder.config.sample_size) == (5, 5, 32)
+    # later windows warp the last observed frame (the motion composed), and the evaluation records it
+    assert pipe.config.rollout_reference == "observed"
+    evaluated = json.loads((out / "evaluation" / "metrics.json").read_text())["metadata"]["protocol"]
+    assert evaluated["rollout_reference"] == "observed"
     gif = Image.open(out / "predictions.gif")
     # condition | truth | prediction, labelled, a row per video: 5 observed frames, then 6 predicted
     assert gif.n_frames == 5 + 6 and gif.width == 3 * 96 + 2 * GAP and gif.height > 3 * 96

@@ -50,6 +50,9 @@ def paper_protocol_differences(result: Dict[str, Any], frame_size: Optional[int]
     if proto.get("paper_sampler") is False:  # recorded by runs that can pick another sampler
         differences.append(f"the sampler ({_sampler(proto)}; the paper: {paper.evaluation.num_inference_steps} "
                            f"steps of DDIM, eta {paper.evaluation.eta})")
+    if proto.get("rollout_reference", "last_decoded") != "last_decoded":
+        differences.append(f"the rollout (rollout_reference {proto['rollout_reference']}; the paper: each window warps "
+                           "the last frame decoded before it)")
     return differences
 
 

@@ -164,6 +164,13 @@ def _window_frames(pipeline: str) -> int:
     return int(ExtDMUNet3DModel.load_config(pipeline, subfolder="unet")["num_pred_frames"])
 
 
+def _rollout_reference(pipeline: str) -> str:
+    """The frame the pipeline's later windows warp (``ExtDMPipeline``'s ``rollout_reference``, in model_index.json)."""
+    from ..pipelines import ExtDMPipeline
+
+    return ExtDMPipeline.load_config(pipeline).get("rollout_reference", "last_decoded")
+
+
 def _frame_shape(pipeline: str, bench) -> Dict[str, int]:
     """The frame size and channels of the pipeline's autoencoder (a benchmark given by name may record others)."""
     from ..models import FlowAutoencoder
@@ -183,7 +190,8 @@ def _final_metrics(config: EvaluationConfig, arrays: List[Dict[str, np.ndarray]]
             "benchmark": bench.name,
             "benchmark_display_name": bench.display_name,
             "protocol": {**config.protocol_record(),
-                         "denoiser_calls_per_video": config.denoiser_calls_per_video(_window_frames(config.pipeline))},
+                         "denoiser_calls_per_video": config.denoiser_calls_per_video(_window_frames(config.pipeline)),
+                         "rollout_reference": _rollout_reference(config.pipeline)},
             "registry_protocol": dataclasses.asdict(bench.evaluation),
             "num_videos": len(arrays),
             "num_samples": protocol.num_samples,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
@@ -129,6 +130,31 @@ def _reflect_into_frame(shift: torch.Tensor, covar: torch.Tensor, extent: float)
     span = 2 * limit
     folded = torch.remainder(shift + limit, 2 * span)
     return torch.where(folded > span, 2 * span - folded, folded) - limit
+
+
+def compose_motion(outer_flow: torch.Tensor, outer_occlusion: Optional[torch.Tensor], inner_flow: torch.Tensor,
+                   inner_occlusion: Optional[torch.Tensor]):
+    """The motion of two warps in one: ``outer_flow`` (B, 2, h, w) warps a frame A into a frame B, ``inner_flow``
+    (B, T, 2, h, w) warps B into T frames; the result (B, T, 2, h, w) warps A into those frames directly (a pixel of
+    frame t samples A where B's pixel it samples sampled A). Occlusion maps (B, 1, h, w) and (B, T, 1, h, w) in
+    [0, 1] multiply: a pixel is visible where it is in both. Decoding the composition from A interpolates A once,
+    where decoding the inner flow from a decoded B would blur B's blur again. Either occlusion may be None (visible)."""
+    if outer_flow.ndim != 4 or outer_flow.shape[1] != 2 or inner_flow.ndim != 5 or inner_flow.shape[2] != 2 \
+            or inner_flow.shape[0] != outer_flow.shape[0] or inner_flow.shape[-2:] != outer_flow.shape[-2:]:
+        raise ValueError(f"`outer_flow` must have shape (B, 2, h, w) and `inner_flow` (B, T, 2, h, w) of the same B, h "
+                         f"and w, got {tuple(outer_flow.shape)} and {tuple(inner_flow.shape)}")
+    b, t = inner_flow.shape[:2]
+    grid = inner_flow.flatten(0, 1).permute(0, 2, 3, 1)
+
+    def sample(field: torch.Tensor) -> torch.Tensor:
+        # border: a grid point on the frame's edge (inner grids stay in [-1, 1]) reads the edge, not zeros
+        return F.grid_sample(field.repeat_interleave(t, dim=0), grid, align_corners=False, padding_mode="border")
+
+    flow = sample(outer_flow).unflatten(0, (b, t))
+    if outer_occlusion is None:
+        return flow, inner_occlusion
+    occlusion = sample(outer_occlusion).unflatten(0, (b, t))
+    return flow, occlusion if inner_occlusion is None else occlusion * inner_occlusion
 
 
 class FlowAutoencoder(ModelMixin, ConfigMixin):

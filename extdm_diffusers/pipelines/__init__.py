@@ -1,3 +1,3 @@
-from .pipeline_extdm import ExtDMPipeline, ExtDMPipelineOutput
+from .pipeline_extdm import ROLLOUT_REFERENCES, ExtDMPipeline, ExtDMPipelineOutput
 
-__all__ = ["ExtDMPipeline", "ExtDMPipelineOutput"]
+__all__ = ["ROLLOUT_REFERENCES", "ExtDMPipeline", "ExtDMPipelineOutput"]

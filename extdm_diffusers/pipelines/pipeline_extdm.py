@@ -3,7 +3,8 @@
 The observed frames are encoded once into motion relative to the last observed frame (the reference) and
 bottleneck features; the U-Net denoises the future motion under a diffusers scheduler; the flow
 autoencoder decodes all predicted frames in one batched call. Horizons beyond the model's window are
-rolled out window by window exactly as the original evaluation does.
+rolled out window by window as the original evaluation does: each window is conditioned on the frames decoded
+before it. ``rollout_reference`` says which frame a later window's frames are warps of (``ROLLOUT_REFERENCES``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ..models.autoencoder_blocks import make_coordinate_grid
-from ..models.flow_autoencoder import FlowAutoencoder
+from ..models.flow_autoencoder import FlowAutoencoder, compose_motion
 from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel
 
 if TYPE_CHECKING:
@@ -40,6 +41,13 @@ from extdm_diffusers import ExtDMPipeline  # noqa: F401
 '''
 
 
+#: Which frame the frames of a rollout's later windows are warps of. ``"last_decoded"`` (the original): the last
+#: frame decoded before the window, by the window's motion; every window interpolates the one before again, so blur
+#: compounds. ``"observed"``: the last observed frame, by the window's motion composed with the motion of that last
+#: decoded frame (``compose_motion``): every frame is one warp of an observed frame. The condition is the same.
+ROLLOUT_REFERENCES = ("last_decoded", "observed")
+
+
 @dataclass
 class ExtDMPipelineOutput(BaseOutput):
     """
@@ -49,7 +57,9 @@ class ExtDMPipelineOutput(BaseOutput):
         layout of the ``latents`` argument: (N, 3, num_frames, h, w), flow grid x, y and 2·occlusion−1, all in
         [-1, 1] (``ExtDMPipeline.decode_latents`` turns it into frames).
     motion: with ``return_motion=True`` (or ``output_type="latent"``), the predicted motion for reading
-        (N, num_frames, 3, h, w): flow grid x, y in [-1, 1] and occlusion in [0, 1]; otherwise None.
+        (N, num_frames, 3, h, w): flow grid x, y in [-1, 1] and occlusion in [0, 1], each window's relative to
+        its own reference (the last frame decoded before it) as the denoiser predicts it, whatever the
+        ``rollout_reference``; otherwise None.
     """
 
     frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]] = None
@@ -96,6 +106,17 @@ class MotionCondition:
             return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
 
         return MotionCondition(*(repeat(getattr(self, name)) for name in self.__dataclass_fields__))
+
+
+@dataclass
+class RolloutAnchor:
+    """For ``rollout_reference="observed"``: the last observed frame ``reference`` (B, C, H, W), and the motion
+    that warps it into the next window's reference, the last frame decoded so far: ``flow`` (B, 2, h, w) and
+    ``occlusion`` (B, 1, h, w) or None."""
+
+    reference: torch.Tensor
+    flow: torch.Tensor
+    occlusion: Optional[torch.Tensor]
 
 
 def flow_to_latents(flow: torch.Tensor, motion_latent_scale: Optional[float]) -> torch.Tensor:
@@ -200,12 +221,14 @@ class ExtDMPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "cond_motion", "cond_features"]
 
     def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler,
-                 benchmark: Optional[Dict[str, Any]] = None):
+                 benchmark: Optional[Dict[str, Any]] = None, rollout_reference: str = "last_decoded"):
         super().__init__()
+        self.check_rollout_reference(rollout_reference)
         self.register_modules(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)
         # the complete definition of the benchmark it was trained or converted for (``Benchmark.to_dict``): saved in
-        # model_index.json and passed back on load, so that evaluation and prediction need no --benchmark
-        self.register_to_config(benchmark=None if benchmark is None else dict(benchmark))
+        # model_index.json and passed back on load, so that evaluation and prediction need no --benchmark; and how
+        # the pipeline rolls out by default (``__call__``'s ``rollout_reference``)
+        self.register_to_config(benchmark=None if benchmark is None else dict(benchmark), rollout_reference=rollout_reference)
         mono = flow_autoencoder is not None and flow_autoencoder.config.num_channels == 1
         self.video_processor = VideoProcessor(do_resize=False, do_normalize=False, do_convert_rgb=not mono, do_convert_grayscale=mono)
 
@@ -217,6 +240,18 @@ class ExtDMPipeline(DiffusionPipeline):
 
         recorded = self.config.get("benchmark")
         return None if recorded is None else Benchmark.from_dict(recorded)
+
+    @staticmethod
+    def check_rollout_reference(rollout_reference: str) -> None:
+        if rollout_reference not in ROLLOUT_REFERENCES:
+            raise ValueError(f"`rollout_reference` must be one of {ROLLOUT_REFERENCES}, got {rollout_reference!r}")
+
+    def resolve_rollout_reference(self, rollout_reference: Optional[str]) -> str:
+        """``rollout_reference`` of ``__call__``: ``None`` means the pipeline's config (``"last_decoded"`` unless
+        it was made with another)."""
+        rollout_reference = self.config.get("rollout_reference", "last_decoded") if rollout_reference is None else rollout_reference
+        self.check_rollout_reference(rollout_reference)
+        return rollout_reference
 
     @property
     def num_cond_frames(self) -> int:
@@ -374,14 +409,15 @@ class ExtDMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def decode_latents(self, video: VideoInput, latents: torch.Tensor, use_occlusion: Optional[bool] = None,
-                       output_type: str = "np"):
+                       output_type: str = "np", rollout_reference: Optional[str] = None):
         """Frames from the ``output_type="latent"`` output ``latents`` (N, 3, T, h, w) of ``__call__(video, ...)``,
-        decoded window by window as ``__call__`` decodes them (each window warps the last frame decoded before it),
-        as ``output_type`` ``"pt"``, ``"np"`` or ``"pil"``. N is the videos times ``num_samples_per_video``."""
+        decoded window by window as ``__call__`` decodes them (with the same ``rollout_reference``), as
+        ``output_type`` ``"pt"``, ``"np"`` or ``"pil"``. N is the videos times ``num_samples_per_video``."""
         if output_type not in ("pt", "np", "pil"):
             raise ValueError(f"`output_type` must be 'pt', 'np' or 'pil', got {output_type!r}")
         frames = self.preprocess_video(video)
         use_occlusion = self.resolve_use_occlusion(use_occlusion)
+        rollout_reference = self.resolve_rollout_reference(rollout_reference)
         batch = frames.shape[0]
         if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != 3 or latents.shape[0] % batch:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
@@ -394,9 +430,10 @@ class ExtDMPipeline(DiffusionPipeline):
                              f"got {tuple(latents.shape[-2:])}")
         pred, num_frames = self.num_pred_frames, latents.shape[2]
         latents = latents.to(device=device, dtype=self.flow_autoencoder.dtype)
-        decoded_windows = []
+        decoded_windows, anchor = [], None
         for start in range(0, num_frames, pred):
-            decoded = self.decode_motion(condition.reference, latents[:, :, start : start + pred], use_occlusion)
+            decoded, anchor = self.decode_window(condition, latents[:, :, start : start + pred], use_occlusion,
+                                                 rollout_reference, anchor)
             decoded_windows.append(decoded)
             if start + pred < num_frames:
                 condition = self.next_window_condition(condition, decoded, use_occlusion)
@@ -406,10 +443,31 @@ class ExtDMPipeline(DiffusionPipeline):
     def decode_motion(self, reference: torch.Tensor, motion: torch.Tensor, use_occlusion: bool = True) -> torch.Tensor:
         """Frames (B, T, C, H, W) from predicted motion (B, 3, T, h, w) in one batched decoder call; without
         occlusion the frames are plain warps of the reference, as the original evaluation of KTH and BAIR."""
+        return self.flow_autoencoder.decode(reference, *self.flow_and_occlusion(motion, use_occlusion)).sample
+
+    def flow_and_occlusion(self, motion: torch.Tensor, use_occlusion: bool = True):
+        """Predicted motion (B, 3, T, h, w) -> flow grids (B, T, 2, h, w) and occlusion maps (B, T, 1, h, w) in
+        [0, 1] (None without occlusion), as the autoencoder decodes them."""
         motion = motion.transpose(1, 2)
         occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
-        flow = latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale)
-        return self.flow_autoencoder.decode(reference, flow, occlusion).sample
+        return latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale), occlusion
+
+    def decode_window(self, condition: MotionCondition, motion: torch.Tensor, use_occlusion: bool, rollout_reference: str,
+                      anchor: Optional[RolloutAnchor] = None):
+        """One window's frames (B, T, C, H, W) from its motion (B, 3, T, h, w), and the next window's anchor
+        (``rollout_reference="observed"``; None for ``"last_decoded"``). Without ``anchor`` (the first window, and
+        every window for ``"last_decoded"``) the frames warp ``condition.reference``; with it they warp the last
+        observed frame by the motion composed with the anchor's."""
+        flow, occlusion = self.flow_and_occlusion(motion, use_occlusion)
+        reference = condition.reference
+        if anchor is not None:
+            flow, occlusion = compose_motion(anchor.flow, anchor.occlusion, flow, occlusion)
+            reference = anchor.reference
+        frames = self.flow_autoencoder.decode(reference, flow, occlusion).sample
+        if rollout_reference != "observed":
+            return frames, None
+        # the next window's reference is this window's last frame (``next_window_condition``)
+        return frames, RolloutAnchor(reference, flow[:, -1], None if occlusion is None else occlusion[:, -1])
 
     def check_latents(self, latents: Optional[torch.Tensor], batch_size: int, motion_size, num_windows: int, dtype, device):
         """User-given initial noise, for the first window or for all of them; None draws it per window."""
@@ -532,6 +590,7 @@ class ExtDMPipeline(DiffusionPipeline):
         latents: Optional[torch.Tensor] = None,
         num_samples_per_video: int = 1,
         use_occlusion: Optional[bool] = None,
+        rollout_reference: Optional[str] = None,
         output_type: str = "np",
         return_dict: bool = True,
         return_motion: bool = False,
@@ -559,6 +618,9 @@ class ExtDMPipeline(DiffusionPipeline):
                 autoencoder estimates them. The original evaluation turns them off for KTH and BAIR (zeros in the
                 condition, plain warps of the reference in the decoder); ``benchmarks.get_benchmark(name)
                 .evaluation.use_occlusion`` says which.
+            rollout_reference: the frame a later window's frames are warps of (``ROLLOUT_REFERENCES``):
+                ``"last_decoded"`` (the original) or ``"observed"`` (the last observed frame, the motion composed:
+                no blur compounding from window to window). ``None``: the pipeline's config.
             output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``: the denoised motion as the denoiser produced
                 it, (N, 3, num_frames, h, w) in [-1, 1] like ``latents``, not decoded; ``decode_latents`` decodes it.
             return_motion: also return the predicted motion.
@@ -575,6 +637,7 @@ class ExtDMPipeline(DiffusionPipeline):
         self.check_inputs(num_frames, num_samples_per_video, eta, output_type, generator, batch_size,
                           callback_on_step_end, callback_on_step_end_tensor_inputs)
         use_occlusion = self.resolve_use_occlusion(use_occlusion)
+        rollout_reference = self.resolve_rollout_reference(rollout_reference)
 
         device = self._execution_device
         # The motion is a sampling grid: in bfloat16 its coordinates would round to 1/128 of the frame (a quarter
@@ -593,7 +656,7 @@ class ExtDMPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 3. Window by window: noise, denoise, decode, and condition the next window on what was decoded.
-        predicted_frames, predicted_latents = [], []
+        predicted_frames, predicted_latents, anchor = [], [], None
         with self.progress_bar(total=num_windows * num_inference_steps) as progress_bar:
             for window in range(num_windows):
                 sample = self.prepare_latents(latents, window, batch_size, motion_size, generator, device, latent_dtype)
@@ -603,7 +666,8 @@ class ExtDMPipeline(DiffusionPipeline):
                 last_window = window + 1 == num_windows
                 if output_type == "latent" and last_window:
                     break
-                decoded = self.decode_motion(condition.reference, sample.to(self.flow_autoencoder.dtype), use_occlusion)
+                decoded, anchor = self.decode_window(condition, sample.to(self.flow_autoencoder.dtype), use_occlusion,
+                                                     rollout_reference, anchor)
                 predicted_frames.append(decoded)
                 if not last_window:
                     condition = self.next_window_condition(condition, decoded, use_occlusion)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pipelines.pipeline_extdm import ROLLOUT_REFERENCES
 from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 from .arguments import TrainingArgumentError, add_common_arguments, model_config_overrides, parse_training_args
 from .dataset_checks import check_clip_lengths, check_frame_shape
@@ -60,6 +61,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="log rec_loss / rec_warp_loss every N steps (0: never); they cost one decoder call")
     parser.add_argument("--validation_inference_steps", type=int, default=None,
                         help="DDIM steps of validation samples (default: the benchmark's evaluation, 10)")
+    parser.add_argument("--rollout_reference", choices=ROLLOUT_REFERENCES, default="last_decoded",
+                        help="the saved pipeline's rollout_reference: the frame a later window's frames are warps of "
+                             "(last_decoded: the original; observed: the last observed frame, the motion composed)")
     return parse_training_args(parser, argv)
 
 
@@ -249,7 +253,7 @@ class DenoiserTask(TrainingTask):
         recorded = self.benchmark.for_models(self.flow_autoencoder.config, unet.config)
         pipe = ExtDMPipeline(flow_autoencoder=self.flow_autoencoder, unet=unet,
                              scheduler=self.make_scheduler(),
-                             benchmark=recorded.to_dict())
+                             benchmark=recorded.to_dict(), rollout_reference=self.args.rollout_reference)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
