@@ -139,6 +139,14 @@ def _identity_grid(flow: torch.Tensor) -> torch.Tensor:
     return make_coordinate_grid(*flow.shape[-2:], device=flow.device, dtype=flow.dtype).permute(2, 0, 1)
 
 
+def flow_and_occlusion(motion: torch.Tensor, use_occlusion: bool, motion_latent_scale: Optional[float]):
+    """Motion in the denoiser's convention (B, 3, T, h, w) -> flow grids (B, T, 2, h, w) and occlusion maps
+    (B, T, 1, h, w) in [0, 1] (None without occlusion), as the autoencoder decodes them."""
+    motion = motion.transpose(1, 2)
+    occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
+    return latents_to_flow(motion[:, :, :2], motion_latent_scale), occlusion
+
+
 def clamp_latents(latents: torch.Tensor, motion_latent_scale: Optional[float]) -> torch.Tensor:
     """Latents (B, 3, T, h, w) whose flow grids lie in [-1, 1] and whose occlusion channel in [-1, 1], as the
     original's sampler ends (on a thresholded x0 in [-1, 1])."""
@@ -443,14 +451,8 @@ class ExtDMPipeline(DiffusionPipeline):
     def decode_motion(self, reference: torch.Tensor, motion: torch.Tensor, use_occlusion: bool = True) -> torch.Tensor:
         """Frames (B, T, C, H, W) from predicted motion (B, 3, T, h, w) in one batched decoder call; without
         occlusion the frames are plain warps of the reference, as the original evaluation of KTH and BAIR."""
-        return self.flow_autoencoder.decode(reference, *self.flow_and_occlusion(motion, use_occlusion)).sample
-
-    def flow_and_occlusion(self, motion: torch.Tensor, use_occlusion: bool = True):
-        """Predicted motion (B, 3, T, h, w) -> flow grids (B, T, 2, h, w) and occlusion maps (B, T, 1, h, w) in
-        [0, 1] (None without occlusion), as the autoencoder decodes them."""
-        motion = motion.transpose(1, 2)
-        occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
-        return latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale), occlusion
+        flow, occlusion = flow_and_occlusion(motion, use_occlusion, self.unet.config.motion_latent_scale)
+        return self.flow_autoencoder.decode(reference, flow, occlusion).sample
 
     def decode_window(self, condition: MotionCondition, motion: torch.Tensor, use_occlusion: bool, rollout_reference: str,
                       anchor: Optional[RolloutAnchor] = None):
@@ -458,7 +460,7 @@ class ExtDMPipeline(DiffusionPipeline):
         (``rollout_reference="observed"``; None for ``"last_decoded"``). Without ``anchor`` (the first window, and
         every window for ``"last_decoded"``) the frames warp ``condition.reference``; with it they warp the last
         observed frame by the motion composed with the anchor's."""
-        flow, occlusion = self.flow_and_occlusion(motion, use_occlusion)
+        flow, occlusion = flow_and_occlusion(motion, use_occlusion, self.unet.config.motion_latent_scale)
         reference = condition.reference
         if anchor is not None:
             flow, occlusion = compose_motion(anchor.flow, anchor.occlusion, flow, occlusion)
@@ -567,9 +569,7 @@ class ExtDMPipeline(DiffusionPipeline):
 
     def motion_to_output(self, sample: torch.Tensor) -> torch.Tensor:
         """Denoised motion (B, 3, T, h, w) -> (B, T, 3, h, w): the flow grid and the occlusion in [0, 1]."""
-        motion = sample.transpose(1, 2)
-        flow = latents_to_flow(motion[:, :, :2], self.unet.config.motion_latent_scale)
-        return torch.cat([flow, (motion[:, :, 2:] + 1) * 0.5], dim=2)
+        return torch.cat(flow_and_occlusion(sample, True, self.unet.config.motion_latent_scale), dim=2)
 
     def postprocess(self, frames: List[torch.Tensor], num_frames: int, output_type: str):
         """Decoded windows -> the first ``num_frames`` frames as ``output_type``."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipelines.pipeline_extdm import ROLLOUT_REFERENCES
+from ..pipelines.pipeline_extdm import ROLLOUT_REFERENCES, flow_and_occlusion
 from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 from .arguments import TrainingArgumentError, add_common_arguments, model_config_overrides, parse_training_args
 from .dataset_checks import check_clip_lengths, check_frame_shape
@@ -96,15 +96,12 @@ def reconstruction_metrics(flow_autoencoder, scheduler, condition, noise, timest
                            use_occlusion: bool, motion_latent_scale: Optional[float] = None) -> Dict[str, float]:
     """rec_loss, rec_warp_loss: L1 between the real future frames and the frames decoded from the thresholded
     x̂0 (with the occlusion blend, and the plain warp)."""
-    from ..pipelines.pipeline_extdm import latents_to_flow
-
     with torch.no_grad():
         target = condition.denoising_target().float()
         noisy = scheduler.add_noise(target, noise.float(), timesteps)
         x0 = scheduler.predict_original_sample(model_output.float(), timesteps, noisy)
-        motion = condition.motion_from_sample(x0).transpose(1, 2).to(condition.reference.dtype)
-        occlusion = (motion[:, :, 2:3] + 1) * 0.5 if use_occlusion else None
-        decoded = flow_autoencoder.decode(condition.reference, latents_to_flow(motion[:, :, :2], motion_latent_scale), occlusion)
+        motion = condition.motion_from_sample(x0).to(condition.reference.dtype)
+        decoded = flow_autoencoder.decode(condition.reference, *flow_and_occlusion(motion, use_occlusion, motion_latent_scale))
         future = future_frames.to(decoded.sample.dtype)
         return {
             "rec_loss": F.l1_loss(decoded.sample.float(), future.float()).item(),
