@@ -41,7 +41,7 @@ STAGES = ("data", "autoencoder", "denoiser", "evaluation")
 # A preset changes only the defaults it names; flags given on the command line win over it.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "default": {},
-    # about an hour on 2 CPU cores: the same stages with more and larger steps for both models
+    # the same stages with more and larger steps for both models (its wall time: docs/results.md)
     "long": {"ae_steps": 1200, "dm_steps": 1600, "dm_batch_size": 16},
 }
 
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="extdm-quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/quickstart")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default: within 15 minutes on 2 CPU cores; long: about an hour, more and larger steps "
+                        help="default: within 15 minutes on 2 CPU cores; long: about 80 minutes, more and larger steps "
                              "(docs/results.md)")
     data = parser.add_argument_group("data (a small SMMNIST)")
     data.add_argument("--num_train_videos", type=int, default=2000)
