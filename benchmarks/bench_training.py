@@ -22,6 +22,9 @@ sizes (random weights on both sides) and timed beside ours in the same process, 
 - AE: the original ReconstructionModel (model/LFAE/model.py) with the benchmark's perceptual/equivariance weights
   and a random-weight Vgg19, Adam over generator + region + background predictors, as scripts/AE/train.py.
   Compared only with --perceptual_loss vgg19.
+Each side runs under glibc's malloc as its scripts do (``--malloc``, ``--original_malloc``): ours keeps freed blocks
+for reuse (``extdm_diffusers.cpu_memory``, as the training loop sets it), the original keeps glibc's defaults,
+emulated in its rounds by the thresholds glibc reaches once a process has freed its large blocks.
 Our steps use the training scripts' fused Adam/AdamW (``--no_fused``: torch's CPU default, the per-tensor loop
 the original runs) and, in the DM step, the autoencoder features of the observed frames only.
 The original needs einops, einops_exts, rotary-embedding-torch and scikit-image; xformers and timm (never used at
@@ -43,10 +46,14 @@ import types
 import torch
 
 from extdm_diffusers.benchmarks import get_benchmark
+from extdm_diffusers.cpu_memory import REUSED_BLOCK_BYTES, reuse_freed_cpu_memory, set_glibc_malloc_thresholds
 from extdm_diffusers.models import ExtDMUNet3DModel, FlowAutoencoder
 from extdm_diffusers.pipelines.pipeline_extdm import encode_condition
 from extdm_diffusers.schedulers import ExtDMDDIMScheduler
 from extdm_diffusers.training import FlowAutoencoderLoss, VGG19PerceptualFeatures, denoising_loss
+
+
+MALLOCS = ("reuse", "glibc_default")
 
 
 def peak_memory_mb(device):
@@ -162,19 +169,39 @@ def original_ae_step(bench, source, driving, device):
     return step, sum(p.numel() for p in params)
 
 
-def compare(ours, original, steps, warmup, repeats, device):
-    """Seconds per step of ``ours`` and ``original``, timed in alternation (``repeats`` rounds of ``steps`` each)."""
-    for step in (ours, original):
+# glibc's thresholds once a process has freed its large blocks: the mmap threshold rises to the largest freed
+# mmapped block up to its 32 MiB cap, the trim threshold to twice that (the original's training scripts run so)
+GLIBC_DEFAULT_MALLOC_AFTER_WARMUP = (32 << 20, 64 << 20)
+
+
+def malloc_setter(mallocs):
+    """A callable that switches glibc's thresholds to ``mallocs[name]`` ("reuse" or "glibc_default") before a side's
+    round, or does nothing where both sides run alike (then the process is set once, or left at glibc's defaults)."""
+    if mallocs["ours"] == mallocs["original"]:
+        if mallocs["ours"] == "reuse":
+            reuse_freed_cpu_memory()
+        return lambda name: None
+    thresholds = {"reuse": (REUSED_BLOCK_BYTES, REUSED_BLOCK_BYTES), "glibc_default": GLIBC_DEFAULT_MALLOC_AFTER_WARMUP}
+    return lambda name: set_glibc_malloc_thresholds(*thresholds[mallocs[name]])
+
+
+def compare(ours, original, steps, warmup, repeats, device, mallocs):
+    """Seconds per step of ``ours`` and ``original``, timed in alternation (``repeats`` rounds of ``steps`` each),
+    each side under its own glibc malloc thresholds (``mallocs``)."""
+    use_malloc = malloc_setter(mallocs)
+    for name, step in (("ours", ours), ("original", original)):
+        use_malloc(name)
         for _ in range(warmup):
             step()
     times = {"ours": [], "original": []}
     for _ in range(repeats):
         for name, step in (("ours", ours), ("original", original)):
+            use_malloc(name)
             times[name].append(1.0 / timed(step, steps, 0, device))
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"ours_steps_per_s": 1 / med["ours"], "original_steps_per_s": 1 / med["original"],
             "speedup": med["original"] / med["ours"], "ours_s_per_step": times["ours"],
-            "original_s_per_step": times["original"], "steps_per_round": steps, "rounds": repeats}
+            "original_s_per_step": times["original"], "steps_per_round": steps, "rounds": repeats, "malloc": mallocs}
 
 
 def main():
@@ -191,6 +218,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="with --original: alternating rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--malloc", choices=MALLOCS, default="reuse",
+                        help="ours: 'reuse' (freed blocks kept for reuse, as the command-line tools run, "
+                             "extdm_diffusers.cpu_memory) or 'glibc_default'")
+    parser.add_argument("--original_malloc", choices=MALLOCS, default="glibc_default",
+                        help="with --original: the original's, as its scripts run (default) or 'reuse'")
     parser.add_argument("--no_fused", dest="fused", action="store_false",
                         help="our optimizers without fused=True (torch's CPU default, the original's), to measure it")
     args = parser.parse_args()
@@ -201,7 +233,10 @@ def main():
         load_original(args.original, device)
     bench = get_benchmark(args.benchmark)
     torch.manual_seed(0)
-    results = {"benchmark": bench.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    mallocs = {"ours": args.malloc, "original": args.original_malloc if args.original else args.malloc}
+    malloc_setter(mallocs)  # sets the process once where both sides run alike
+    results = {"benchmark": bench.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "malloc": mallocs}
 
     ae = FlowAutoencoder(**bench.flow_autoencoder_config()).to(device)
     size, cond, pred = bench.frame_size, bench.train_cond_frames, bench.train_pred_frames
@@ -226,7 +261,7 @@ def main():
         if args.original:
             orig_step, orig_params = original_dm_step(bench, clips, device)
             results["dm"]["original_unet_params"] = orig_params
-            results["dm"]["vs_original"] = compare(dm_step, orig_step, args.steps, args.warmup, args.repeats, device)
+            results["dm"]["vs_original"] = compare(dm_step, orig_step, args.steps, args.warmup, args.repeats, device, mallocs)
             del orig_step
         else:
             rate = timed(dm_step, args.steps, args.warmup, device)
@@ -250,7 +285,7 @@ def main():
         if args.original and args.perceptual_loss == "vgg19":
             orig_step, orig_params = original_ae_step(bench, source, driving, device)
             results["ae"]["original_ae_params"] = orig_params
-            results["ae"]["vs_original"] = compare(ae_step, orig_step, args.steps, args.warmup, args.repeats, device)
+            results["ae"]["vs_original"] = compare(ae_step, orig_step, args.steps, args.warmup, args.repeats, device, mallocs)
         else:
             rate = timed(ae_step, args.steps, args.warmup, device)
             results["ae"].update(steps_per_s=rate, pairs_per_s=rate * batch, peak_mb=peak_memory_mb(device))

@@ -22,6 +22,7 @@ from typing import List, NoReturn, Optional, Sequence
 
 import numpy as np
 
+from .cpu_memory import reuse_freed_cpu_memory
 from .schedulers.by_name import SCHEDULER_NAMES
 from .schedulers.sampler_presets import SAMPLER_PRESETS
 
@@ -275,6 +276,7 @@ def predict(args: argparse.Namespace, log=print) -> List[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    reuse_freed_cpu_memory()
     try:
         predict(args)
     except PredictInputError as error:

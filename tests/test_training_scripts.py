@@ -86,10 +86,13 @@ def unet_state(folder):
     return load_file(str(Path(folder, "unet", "diffusion_pytorch_model.safetensors")))
 
 
-def test_flow_ae_trains_saves_and_feeds_the_denoiser(workspace):
+def test_flow_ae_trains_saves_and_feeds_the_denoiser(workspace, monkeypatch):
     from extdm_diffusers.models import FlowAutoencoder
     from extdm_diffusers.pipelines import ExtDMPipeline
-    from extdm_diffusers.training import train_dm, train_flow_ae
+    from extdm_diffusers.training import loop, train_dm, train_flow_ae
+
+    reuse_calls = []  # the shared loop keeps freed CPU memory for reuse (extdm_diffusers.cpu_memory)
+    monkeypatch.setattr(loop, "reuse_freed_cpu_memory", lambda: reuse_calls.append(1))
 
     out = workspace["root"] / "ae-run"
     result = train_flow_ae.main(ae_argv(workspace, out, "--max_train_steps", "2", "--checkpointing_steps", "2"))
@@ -117,6 +120,7 @@ def test_flow_ae_trains_saves_and_feeds_the_denoiser(workspace):
     assert (dm_out / "validation" / "step-2" / "video_0.gif").is_file()
     # a pipeline folder is accepted as --flow_autoencoder too
     assert train_dm.load_flow_autoencoder(str(dm_out)).config.num_regions == 2
+    assert reuse_calls == [1, 1]
 
 
 def test_dm_v_prediction_with_min_snr_is_saved_in_the_pipeline(workspace):

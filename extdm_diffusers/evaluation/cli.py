@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..cpu_memory import reuse_freed_cpu_memory
 from ..schedulers import SAMPLER_PRESETS, SCHEDULER_NAMES
 from .config import AUTOCAST_DTYPES, DTYPES, FRAME_METRICS, EvaluationConfig, EvaluationError
 from .run import evaluate
@@ -66,6 +67,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvaluationConfig:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: run, print the headline numbers; 1 with a one-line error for bad inputs."""
     config = parse_args(argv)
+    reuse_freed_cpu_memory()
     try:
         print(f"sampler: {config.sampler_note()}")
         result = evaluate(config)

@@ -26,6 +26,7 @@ from diffusers.utils import logging
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..cpu_memory import reuse_freed_cpu_memory
 from ..file_io import atomic_write_text
 from . import checkpoints
 from .arguments import check_common_arguments, resolve_benchmark
@@ -210,6 +211,7 @@ def train(task_class: type, args: argparse.Namespace) -> Dict[str, Any]:
     train_data, test_data = load_splits(args.dataset_dir, f"saves the {task.names.saved}")
     task.check_data(train_data, test_data)
 
+    reuse_freed_cpu_memory()
     accelerator = make_accelerator(args)
     os.makedirs(args.output_dir, exist_ok=True)
     seed = training.seed if args.seed is None else args.seed
