@@ -32,7 +32,7 @@ import torch
 
 from .file_io import atomic_write_text
 from .models.unet_3d_extdm import MOTION_PRIORS
-from .pipelines.pipeline_extdm import ROLLOUT_REFERENCES
+from .pipelines.pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE, ROLLOUT_REFERENCES
 from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
 STAGES = ("data", "autoencoder", "denoiser", "evaluation")
@@ -229,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print("extdm-quickstart: the denoiser denoises the motion minus the autoencoder's constant-velocity "
               f"extrapolation of the last two observed frames (motion_prior {args.dm_motion_prior}; the original: the "
               "motion itself) (docs/quickstart.md)", flush=True)
-    if args.rollout_reference != "last_decoded":
+    if args.rollout_reference != DEFAULT_ROLLOUT_REFERENCE:
         print("extdm-quickstart: the second window's frames are warps of the last observed frame by the motion composed "
               "over the windows (rollout_reference observed; the original warps the last frame decoded before each "
               "window, blurring it again) (docs/quickstart.md)", flush=True)

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..benchmarks import BENCHMARKS
 from ..file_io import atomic_path, atomic_write_text
+from ..pipelines.pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE
 from .config import FRAME_METRICS
 
 CARD_START = "<!-- extdm-evaluation-results-start -->"
@@ -50,7 +51,7 @@ def paper_protocol_differences(result: Dict[str, Any], frame_size: Optional[int]
     if proto.get("paper_sampler") is False:  # recorded by runs that can pick another sampler
         differences.append(f"the sampler ({_sampler(proto)}; the paper: {paper.evaluation.num_inference_steps} "
                            f"steps of DDIM, eta {paper.evaluation.eta})")
-    if proto.get("rollout_reference", "last_decoded") != "last_decoded":
+    if proto.get("rollout_reference", DEFAULT_ROLLOUT_REFERENCE) != DEFAULT_ROLLOUT_REFERENCE:
         differences.append(f"the rollout (rollout_reference {proto['rollout_reference']}; the paper: each window warps "
                            "the last frame decoded before it)")
     return differences

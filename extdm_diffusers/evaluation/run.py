@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..cpu_features import warn_if_slow_cpu_bf16
 from ..data import load_video_dataset
 from ..file_io import atomic_write_text
-from ..pipelines import ExtDMPipeline
+from ..pipelines import DEFAULT_ROLLOUT_REFERENCE, ExtDMPipeline
 from ..schedulers import make_scheduler
 from . import records
 from .config import METHODS, EvaluationConfig, EvaluationError
@@ -166,9 +166,9 @@ def _window_frames(pipeline: str) -> int:
 
 def _rollout_reference(pipeline: str) -> str:
     """The frame the pipeline's later windows warp (``ExtDMPipeline``'s ``rollout_reference``, in model_index.json)."""
-    from ..pipelines import ExtDMPipeline
+    from ..pipelines import DEFAULT_ROLLOUT_REFERENCE, ExtDMPipeline
 
-    return ExtDMPipeline.load_config(pipeline).get("rollout_reference", "last_decoded")
+    return ExtDMPipeline.load_config(pipeline).get("rollout_reference", DEFAULT_ROLLOUT_REFERENCE)
 
 
 def _frame_shape(pipeline: str, bench) -> Dict[str, int]:

@@ -1,3 +1,3 @@
-from .pipeline_extdm import ROLLOUT_REFERENCES, ExtDMPipeline, ExtDMPipelineOutput
+from .pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE, ROLLOUT_REFERENCES, ExtDMPipeline, ExtDMPipelineOutput
 
-__all__ = ["ROLLOUT_REFERENCES", "ExtDMPipeline", "ExtDMPipelineOutput"]
+__all__ = ["DEFAULT_ROLLOUT_REFERENCE", "ROLLOUT_REFERENCES", "ExtDMPipeline", "ExtDMPipelineOutput"]

@@ -45,7 +45,8 @@ from extdm_diffusers import ExtDMPipeline  # noqa: F401
 #: frame decoded before the window, by the window's motion; every window interpolates the one before again, so blur
 #: compounds. ``"observed"``: the last observed frame, by the window's motion composed with the motion of that last
 #: decoded frame (``compose_motion``): every frame is one warp of an observed frame. The condition is the same.
-ROLLOUT_REFERENCES = ("last_decoded", "observed")
+DEFAULT_ROLLOUT_REFERENCE = "last_decoded"  # the original's, the default wherever a pipeline does not say
+ROLLOUT_REFERENCES = (DEFAULT_ROLLOUT_REFERENCE, "observed")
 
 
 @dataclass
@@ -229,7 +230,7 @@ class ExtDMPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "cond_motion", "cond_features"]
 
     def __init__(self, flow_autoencoder: FlowAutoencoder, unet: ExtDMUNet3DModel, scheduler,
-                 benchmark: Optional[Dict[str, Any]] = None, rollout_reference: str = "last_decoded"):
+                 benchmark: Optional[Dict[str, Any]] = None, rollout_reference: str = DEFAULT_ROLLOUT_REFERENCE):
         super().__init__()
         self.check_rollout_reference(rollout_reference)
         self.register_modules(flow_autoencoder=flow_autoencoder, unet=unet, scheduler=scheduler)
@@ -257,7 +258,7 @@ class ExtDMPipeline(DiffusionPipeline):
     def resolve_rollout_reference(self, rollout_reference: Optional[str]) -> str:
         """``rollout_reference`` of ``__call__``: ``None`` means the pipeline's config (``"last_decoded"`` unless
         it was made with another)."""
-        rollout_reference = self.config.get("rollout_reference", "last_decoded") if rollout_reference is None else rollout_reference
+        rollout_reference = self.config.get("rollout_reference", DEFAULT_ROLLOUT_REFERENCE) if rollout_reference is None else rollout_reference
         self.check_rollout_reference(rollout_reference)
         return rollout_reference
 

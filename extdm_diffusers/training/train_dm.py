@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipelines.pipeline_extdm import ROLLOUT_REFERENCES, flow_and_occlusion
+from ..pipelines.pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE, ROLLOUT_REFERENCES, flow_and_occlusion
 from ..schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 from .arguments import TrainingArgumentError, add_common_arguments, model_config_overrides, parse_training_args
 from .dataset_checks import check_clip_lengths, check_frame_shape
@@ -61,7 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="log rec_loss / rec_warp_loss every N steps (0: never); they cost one decoder call")
     parser.add_argument("--validation_inference_steps", type=int, default=None,
                         help="DDIM steps of validation samples (default: the benchmark's evaluation, 10)")
-    parser.add_argument("--rollout_reference", choices=ROLLOUT_REFERENCES, default="last_decoded",
+    parser.add_argument("--rollout_reference", choices=ROLLOUT_REFERENCES, default=DEFAULT_ROLLOUT_REFERENCE,
                         help="the saved pipeline's rollout_reference: the frame a later window's frames are warps of "
                              "(last_decoded: the original; observed: the last observed frame, the motion composed)")
     return parse_training_args(parser, argv)
