@@ -175,8 +175,9 @@ GLIBC_DEFAULT_MALLOC_AFTER_WARMUP = (32 << 20, 64 << 20)
 
 
 def malloc_setter(mallocs):
-    """A callable that switches glibc's thresholds to ``mallocs[name]`` ("reuse" or "glibc_default") before a side's
-    round, or does nothing where both sides run alike (then the process is set once, or left at glibc's defaults)."""
+    """Set the process once where both sides run alike (``mallocs[name]``: "reuse" or "glibc_default"), and return
+    the callable that ``compare`` calls before each side's rounds: it switches glibc's thresholds where the sides
+    differ, and does nothing where they do not."""
     if mallocs["ours"] == mallocs["original"]:
         if mallocs["ours"] == "reuse":
             reuse_freed_cpu_memory()
@@ -185,10 +186,9 @@ def malloc_setter(mallocs):
     return lambda name: set_glibc_malloc_thresholds(*thresholds[mallocs[name]])
 
 
-def compare(ours, original, steps, warmup, repeats, device, mallocs):
+def compare(ours, original, steps, warmup, repeats, device, use_malloc):
     """Seconds per step of ``ours`` and ``original``, timed in alternation (``repeats`` rounds of ``steps`` each),
-    each side under its own glibc malloc thresholds (``mallocs``)."""
-    use_malloc = malloc_setter(mallocs)
+    each side under its own glibc malloc thresholds (``use_malloc(name)``, from ``malloc_setter``)."""
     for name, step in (("ours", ours), ("original", original)):
         use_malloc(name)
         for _ in range(warmup):
@@ -201,7 +201,7 @@ def compare(ours, original, steps, warmup, repeats, device, mallocs):
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"ours_steps_per_s": 1 / med["ours"], "original_steps_per_s": 1 / med["original"],
             "speedup": med["original"] / med["ours"], "ours_s_per_step": times["ours"],
-            "original_s_per_step": times["original"], "steps_per_round": steps, "rounds": repeats, "malloc": mallocs}
+            "original_s_per_step": times["original"], "steps_per_round": steps, "rounds": repeats}
 
 
 def main():
@@ -234,7 +234,7 @@ def main():
     bench = get_benchmark(args.benchmark)
     torch.manual_seed(0)
     mallocs = {"ours": args.malloc, "original": args.original_malloc if args.original else args.malloc}
-    malloc_setter(mallocs)  # sets the process once where both sides run alike
+    use_malloc = malloc_setter(mallocs)
     results = {"benchmark": bench.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "malloc": mallocs}
 
@@ -261,7 +261,7 @@ def main():
         if args.original:
             orig_step, orig_params = original_dm_step(bench, clips, device)
             results["dm"]["original_unet_params"] = orig_params
-            results["dm"]["vs_original"] = compare(dm_step, orig_step, args.steps, args.warmup, args.repeats, device, mallocs)
+            results["dm"]["vs_original"] = compare(dm_step, orig_step, args.steps, args.warmup, args.repeats, device, use_malloc)
             del orig_step
         else:
             rate = timed(dm_step, args.steps, args.warmup, device)
@@ -285,7 +285,7 @@ def main():
         if args.original and args.perceptual_loss == "vgg19":
             orig_step, orig_params = original_ae_step(bench, source, driving, device)
             results["ae"]["original_ae_params"] = orig_params
-            results["ae"]["vs_original"] = compare(ae_step, orig_step, args.steps, args.warmup, args.repeats, device, mallocs)
+            results["ae"]["vs_original"] = compare(ae_step, orig_step, args.steps, args.warmup, args.repeats, device, use_malloc)
         else:
             rate = timed(ae_step, args.steps, args.warmup, device)
             results["ae"].update(steps_per_s=rate, pairs_per_s=rate * batch, peak_mb=peak_memory_mb(device))

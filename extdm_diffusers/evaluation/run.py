@@ -166,8 +166,6 @@ def _window_frames(pipeline: str) -> int:
 
 def _rollout_reference(pipeline: str) -> str:
     """The frame the pipeline's later windows warp (``ExtDMPipeline``'s ``rollout_reference``, in model_index.json)."""
-    from ..pipelines import DEFAULT_ROLLOUT_REFERENCE, ExtDMPipeline
-
     return ExtDMPipeline.load_config(pipeline).get("rollout_reference", DEFAULT_ROLLOUT_REFERENCE)
 
 
