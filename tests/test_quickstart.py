@@ -65,7 +65,9 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
         frames = saved["extdm_at_least_copy_last_frame"][metric]
         ours, copied = saved["per_frame"]["extdm"][metric], saved["per_frame"]["copy_last_frame"][metric]
         assert frames == {"frames": sum(a >= b for a, b in zip(ours, copied)), "of": 6}
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    said = capsys.readouterr().out
+    assert "the autoencoder estimates no occlusion maps (--no-ae_occlusion" in said  # where it differs from the paper
+    printed = said.strip().splitlines()[-1]
     assert "(paired 95% interval): PSNR " in printed and "per_frame.png" in printed
     assert any(word in printed for word in ("significant win", "not significant", "significant loss"))
 
@@ -88,6 +90,8 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     assert pipe.config.rollout_reference == "observed"
     evaluated = json.loads((out / "evaluation" / "metrics.json").read_text())["metadata"]["protocol"]
     assert evaluated["rollout_reference"] == "observed"
+    # every predicted frame a plain warp: an autoencoder without occlusion maps, evaluated without them
+    assert not pipe.flow_autoencoder.estimates_occlusion and evaluated["use_occlusion"] is False
     gif = Image.open(out / "predictions.gif")
     # condition | truth | prediction, labelled, a row per video: 5 observed frames, then 6 predicted
     assert gif.n_frames == 5 + 6 and gif.width == 3 * 96 + 2 * GAP and gif.height > 3 * 96
@@ -120,3 +124,13 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
     unet.save_pretrained(tmp_path / "unet")
     reloaded = ExtDMUNet3DModel.from_pretrained(tmp_path / "unet")
     assert (reloaded.config.motion_prior, reloaded.config.motion_latent_scale) == ("constant_velocity_reflected", 20.0)
+
+
+def test_quickstart_autoencoder_warps_without_occlusion_maps_by_default():
+    from extdm_diffusers import FlowAutoencoder
+    from extdm_diffusers.quickstart import autoencoder_config
+
+    default, paper = parse_args([]), parse_args(["--ae_occlusion"])
+    assert not default.ae_occlusion and paper.ae_occlusion
+    assert not FlowAutoencoder(**autoencoder_config(default)).estimates_occlusion
+    assert FlowAutoencoder(**autoencoder_config(paper)).estimates_occlusion
