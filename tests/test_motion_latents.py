@@ -10,7 +10,7 @@ from extdm_diffusers.conversion import unet_config_from_original
 from extdm_diffusers.models.autoencoder_blocks import make_coordinate_grid
 from extdm_diffusers.models.flow_autoencoder import _reflect_into_frame
 from extdm_diffusers.models.region_predictor import RegionParams
-from extdm_diffusers.pipelines.pipeline_extdm import clamp_latents, flow_to_latents, latents_to_flow
+from extdm_diffusers.pipelines.pipeline_extdm import clamp_latents, encode_condition, flow_to_latents, latents_to_flow
 from extdm_diffusers.schedulers import ExtDMDDIMScheduler
 
 from reference_cases import load_case
@@ -156,6 +156,12 @@ def test_motion_prior_must_be_known_and_needs_two_observed_frames():
         ExtDMUNet3DModel(num_cond_frames=2, motion_prior="linear", **small)
     with pytest.raises(ValueError, match="`motion_prior` must be None.*with num_cond_frames=1"):
         ExtDMUNet3DModel(num_cond_frames=1, motion_prior="constant_velocity", **small)
+    # the condition built outside a pipeline checks the same, and needs the window's length for the guess
+    autoencoder, video = _pipeline(4.0).flow_autoencoder, torch.rand(1, 3, 3, 32, 32)
+    with pytest.raises(ValueError, match="`motion_prior` must be None or one of .*got 'linear' with num_cond_frames=3"):
+        encode_condition(autoencoder, video, 3, 3, motion_prior="linear", num_pred_frames=2)
+    with pytest.raises(ValueError, match="`num_pred_frames` must be given with `motion_prior` 'constant_velocity', got None"):
+        encode_condition(autoencoder, video, 3, 3, motion_prior="constant_velocity")
 
 
 def test_reflected_centres_bounce_between_the_frames_edges():

@@ -198,6 +198,8 @@ def test_card_of_the_paper_protocol_shows_the_paper_row(tmp_path):
     result["metadata"]["protocol"].update(paper_sampler=True, rollout_reference="observed")
     assert model_card.paper_protocol_differences(result, 64) == [
         "the rollout (rollout_reference observed; the paper: each window warps the last frame decoded before it)"]
+    result["metadata"]["protocol"].update(rollout_reference="last_decoded", use_occlusion=False)  # SMMNIST's are on
+    assert model_card.paper_protocol_differences(result, 64) == ["occlusion maps off (the paper: on)"]
     assert model_card.paper_protocol_differences(dict(result, metadata=dict(result["metadata"], benchmark="mine")), 64) == [
         "mine is not one of the paper's benchmarks"]
 

@@ -35,7 +35,8 @@ def _pipeline_configs(folder: Path) -> Dict[str, Dict[str, Any]]:
 
 def paper_protocol_differences(result: Dict[str, Any], frame_size: Optional[int]) -> List[str]:
     """How this run's protocol differs from the paper's (the registry entry of its benchmark): benchmark,
-    cond/pred frames, frame size, samples per video. Empty when the paper's numbers compare."""
+    cond/pred frames, frame size, samples per video, sampler, occlusion maps, rollout. Empty when the paper's numbers
+    compare."""
     meta = result["metadata"]
     proto = meta["protocol"]
     paper = BENCHMARKS.get(meta["benchmark"])
@@ -51,6 +52,10 @@ def paper_protocol_differences(result: Dict[str, Any], frame_size: Optional[int]
     if proto.get("paper_sampler") is False:  # recorded by runs that can pick another sampler
         differences.append(f"the sampler ({_sampler(proto)}; the paper: {paper.evaluation.num_inference_steps} "
                            f"steps of DDIM, eta {paper.evaluation.eta})")
+    if "use_occlusion" in proto and bool(proto["use_occlusion"]) != paper.evaluation.use_occlusion:
+        on_off = {True: "on", False: "off"}
+        differences.append(f"occlusion maps {on_off[bool(proto['use_occlusion'])]} (the paper: "
+                           f"{on_off[paper.evaluation.use_occlusion]})")
     if proto.get("rollout_reference", DEFAULT_ROLLOUT_REFERENCE) != DEFAULT_ROLLOUT_REFERENCE:
         differences.append(f"the rollout (rollout_reference {proto['rollout_reference']}; the paper: each window warps "
                            "the last frame decoded before it)")

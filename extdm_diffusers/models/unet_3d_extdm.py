@@ -40,6 +40,13 @@ MOTION_PRIORS = {"constant_velocity": None, "constant_velocity_reflected": 1.25}
 BLOCK_LAYOUTS = ("interleaved", "grouped")
 
 
+def check_motion_prior(motion_prior: Optional[str], num_cond_frames: int) -> None:
+    """``motion_prior`` continues the step between the last two observed frames: a known name and two of them."""
+    if motion_prior is not None and (motion_prior not in MOTION_PRIORS or num_cond_frames < 2):
+        raise ValueError(f"`motion_prior` must be None or one of {tuple(MOTION_PRIORS)} (with num_cond_frames >= 2), got "
+                         f"{motion_prior!r} with num_cond_frames={num_cond_frames}")
+
+
 @dataclass
 class ExtDMUNet3DOutput(BaseOutput):
     """sample: (B, 3, P, h, w) predicted noise for flow x, y and occlusion of the P future frames."""
@@ -210,9 +217,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         motion_prior: Optional[str] = None,
     ):
         super().__init__()
-        if motion_prior is not None and (motion_prior not in MOTION_PRIORS or num_cond_frames < 2):
-            raise ValueError(f"`motion_prior` must be None or one of {tuple(MOTION_PRIORS)} (with num_cond_frames >= 2), got "
-                             f"{motion_prior!r} with num_cond_frames={num_cond_frames}")
+        check_motion_prior(motion_prior, num_cond_frames)
         if motion_latent_scale is not None and not motion_latent_scale > 0:
             raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:

@@ -25,7 +25,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..models.autoencoder_blocks import make_coordinate_grid
 from ..models.flow_autoencoder import FlowAutoencoder, compose_motion
-from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel
+from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel, check_motion_prior
 
 if TYPE_CHECKING:
     from ..benchmarks import Benchmark
@@ -178,9 +178,9 @@ def encode_condition(
     motion = motion_latents(encoded.optical_flow, occlusion, motion_latent_scale)
     prior_motion = None
     if motion_prior is not None:
-        if motion_prior not in MOTION_PRIORS or num_cond_frames < 2 or not num_pred_frames:
-            raise ValueError(f"`motion_prior` must be one of {tuple(MOTION_PRIORS)} with num_cond_frames >= 2 and "
-                             f"num_pred_frames given, got {motion_prior!r}, {num_cond_frames}, {num_pred_frames}")
+        check_motion_prior(motion_prior, num_cond_frames)
+        if not num_pred_frames:
+            raise ValueError(f"`num_pred_frames` must be given with `motion_prior` {motion_prior!r}, got {num_pred_frames!r}")
         guess = extrapolate_observed(flow_autoencoder, reference, encoded.region_params, frames.shape[1], num_cond_frames,
                                      num_pred_frames, motion_prior)
         prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
