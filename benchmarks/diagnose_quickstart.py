@@ -363,7 +363,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         pipeline=str(run_dir / "pipeline"), dataset_dir=str(run_dir / "data"), num_videos=args.num_videos,
         num_samples=args.num_samples, seed=args.seed, num_inference_steps=settings["num_inference_steps"],
         cond_frames=settings["cond_frames"], pred_frames=settings["eval_pred_frames"],
-        use_occlusion=settings.get("ae_occlusion", True),  # as the quick start evaluates (runs before the flag: True)
     )
     protocol = config.protocol()
     clips = config.registry_benchmark().clip_dataset(load_video_dataset(config.dataset_dir, protocol.split), protocol.split,

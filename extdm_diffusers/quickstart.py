@@ -280,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "--output_dir", str(out / "evaluation"), "--num_videos", str(args.num_test_videos), "--num_samples", "1",
             "--cond_frames", str(args.cond_frames), "--pred_frames", str(args.eval_pred_frames),
             "--num_inference_steps", str(args.num_inference_steps), "--seed", str(args.seed),
-            "--no_fvd", "--no_lpips", "--update_model_card", *([] if args.ae_occlusion else ["--no_occlusion"]),
+            "--no_fvd", "--no_lpips", "--update_model_card",
         ])
         if status != 0:
             raise SystemExit(f"extdm-quickstart: the evaluation stage failed (exit {status}); see the error above")

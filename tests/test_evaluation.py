@@ -75,6 +75,26 @@ def test_evaluation_clips_follow_the_original_rule():
     assert sample_seed(1000, 3, 7, 100) == 1307
 
 
+def test_a_pipeline_whose_autoencoder_has_no_occlusion_maps_is_evaluated_as_plain_warps(tmp_path):
+    """SMMNIST's protocol decodes with occlusion maps; an autoencoder without them is evaluated without, as train_dm
+    and extdm-predict do, unless --use_occlusion asks otherwise (then the pipeline names the mismatch)."""
+    from extdm_diffusers import FlowAutoencoder
+
+    small = {"block_expansion": 8, "max_features": 16, "num_blocks": 2}
+    for estimates in (False, True):
+        FlowAutoencoder(num_regions=2, sample_size=32, region_predictor_params=small, bg_predictor_params=small,
+                        generator_params={"block_expansion": 8, "max_features": 16, "num_bottleneck_blocks": 1,
+                                          "pixelwise_flow_predictor_params": dict(small, estimate_occlusion_map=estimates)},
+                        ).save_pretrained(tmp_path / str(estimates) / "flow_autoencoder")
+        config = evaluation.EvaluationConfig(pipeline=str(tmp_path / str(estimates)), benchmark="smmnist", dataset_dir="d")
+        assert config.protocol().use_occlusion is estimates
+    asked = evaluation.EvaluationConfig(pipeline=str(tmp_path / "False"), benchmark="smmnist", dataset_dir="d",
+                                        use_occlusion=True)
+    assert asked.protocol().use_occlusion is True
+    # no readable autoencoder (a Hub name offline): the protocol's setting stands
+    assert evaluation.EvaluationConfig(pipeline="p", benchmark="smmnist", dataset_dir="d").protocol().use_occlusion is True
+
+
 # ------------------------------------------------------------------------------------------ aggregation
 
 

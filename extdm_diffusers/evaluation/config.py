@@ -56,6 +56,7 @@ class EvaluationConfig:
     update_model_card: bool = False
     max_videos: Optional[int] = None  # stop after this many newly finished videos (per process): for tests
     _resolved: Optional[Benchmark] = field(default=None, init=False, repr=False, compare=False)
+    _estimates_occlusion: Optional[bool] = field(default=None, init=False, repr=False, compare=False)
 
     def registry_benchmark(self) -> Benchmark:
         """The benchmark of the run: ``benchmark`` (a registry name or file) when given, else the one the pipeline
@@ -67,6 +68,21 @@ class EvaluationConfig:
             except BenchmarkDefinitionError as e:
                 raise EvaluationError(str(e)) from None
         return self._resolved
+
+    def _autoencoder_estimates_occlusion(self) -> bool:
+        """Whether the pipeline's autoencoder estimates occlusion maps (its saved config; True where unreadable, so
+        that the protocol's setting stands and the pipeline names a mismatch)."""
+        from ..models import FlowAutoencoder
+
+        if self._estimates_occlusion is None:
+            try:
+                saved = FlowAutoencoder.load_config(self.pipeline, subfolder="flow_autoencoder")
+                generator = FlowAutoencoder.complete_config(generator_params=dict(saved.get("generator_params") or {}))
+                self._estimates_occlusion = bool(
+                    generator["generator_params"]["pixelwise_flow_predictor_params"].get("estimate_occlusion_map", False))
+            except Exception:  # noqa: BLE001 - no local folder or Hub access: the protocol decides
+                self._estimates_occlusion = True
+        return self._estimates_occlusion
 
     def _recorded_benchmark(self) -> Optional[Dict[str, Any]]:
         """The pipeline's recorded benchmark: read from a local folder always, from the Hub only when needed."""
@@ -100,6 +116,8 @@ class EvaluationConfig:
         overrides["num_inference_steps"] = sampler.num_inference_steps
         if sampler.eta is not None:
             overrides["eta"] = sampler.eta
+        if self.use_occlusion is None and registry.use_occlusion and not self._autoencoder_estimates_occlusion():
+            overrides["use_occlusion"] = False  # as train_dm and extdm-predict: an autoencoder without maps warps
         protocol = dataclasses.replace(registry, **overrides)
         # a Python caller may pass eta=1 or use_occlusion=0: the recorded settings keep one type
         return dataclasses.replace(protocol, eta=float(protocol.eta), use_occlusion=bool(protocol.use_occlusion))
