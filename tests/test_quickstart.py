@@ -134,3 +134,6 @@ def test_quickstart_autoencoder_warps_without_occlusion_maps_by_default():
     assert not default.ae_occlusion and paper.ae_occlusion
     assert not FlowAutoencoder(**autoencoder_config(default)).estimates_occlusion
     assert FlowAutoencoder(**autoencoder_config(paper)).estimates_occlusion
+    # read from a config without building the model (what the evaluation does with a saved pipeline)
+    assert FlowAutoencoder.config_estimates_occlusion(autoencoder_config(default)["generator_params"]) is False
+    assert FlowAutoencoder.config_estimates_occlusion(autoencoder_config(paper)["generator_params"]) is True

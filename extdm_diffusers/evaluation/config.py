@@ -77,9 +77,7 @@ class EvaluationConfig:
         if self._estimates_occlusion is None:
             try:
                 saved = FlowAutoencoder.load_config(self.pipeline, subfolder="flow_autoencoder")
-                generator = FlowAutoencoder.complete_config(generator_params=dict(saved.get("generator_params") or {}))
-                self._estimates_occlusion = bool(
-                    generator["generator_params"]["pixelwise_flow_predictor_params"].get("estimate_occlusion_map", False))
+                self._estimates_occlusion = FlowAutoencoder.config_estimates_occlusion(saved.get("generator_params"))
             except Exception:  # noqa: BLE001 - no local folder or Hub access: the protocol decides
                 self._estimates_occlusion = True
         return self._estimates_occlusion

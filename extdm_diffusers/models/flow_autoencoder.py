@@ -227,6 +227,13 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
     def estimates_occlusion(self) -> bool:
         return self.pixelwise_flow_predictor.occlusion is not None
 
+    @staticmethod
+    def config_estimates_occlusion(generator_params: Optional[Dict[str, Any]]) -> bool:
+        """``estimates_occlusion`` of an autoencoder built with ``generator_params`` (a saved config's, or partial),
+        without building it: merged over the defaults as ``__init__`` merges them."""
+        merged = deep_merge(DEFAULT_GENERATOR_PARAMS, generator_params)
+        return bool(merged["pixelwise_flow_predictor_params"]["estimate_occlusion_map"])
+
     # -- input checks --------------------------------------------------------------------------------------
     def _check_image(self, name: str, image: torch.Tensor, ndim: int) -> None:
         layout = "(B, C, H, W)" if ndim == 4 else "(B, T, C, H, W)"
