@@ -43,6 +43,7 @@ from extdm_diffusers.evaluation.motion_fidelity import (
     centroid_error,
     flow_error_pixels,
     sharpness_ratio,
+    stroke_pixel_ratio,
 )
 from extdm_diffusers.file_io import atomic_write_text
 from extdm_diffusers.metrics import psnr, ssim
@@ -55,6 +56,7 @@ FRAME_METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "psnr": psnr,
     "ssim": ssim,
     "sharpness_ratio": sharpness_ratio,
+    "stroke_pixel_ratio": stroke_pixel_ratio,
     "centroid_error_px": centroid_error,
     "blob_centroid_error_px": blob_centroid_error,
 }
@@ -63,6 +65,8 @@ NOTES = {
     "psnr, ssim": "extdm_diffusers.metrics, the evaluation's definitions, per frame",
     "sharpness_ratio": "gradient energy (mean squared neighbour differences) of the frame over the true frame's: 1 is "
                        "as sharp as the truth, blur lowers it",
+    "stroke_pixel_ratio": "pixels brighter than 0.5 (a digit's strokes) in the frame over the true frame's: 1 is as "
+                          "much digit as the truth; digits that shrink, dissolve or merge lower it",
     "centroid_error_px": "distance in pixels between the intensity centroids of the frame and of the true frame",
     "blob_centroid_error_px": "the same for each of two bright blobs (2-means on intensity-weighted pixel "
                               "coordinates; SMMNIST's two digits), mean of the two, best pairing",
@@ -311,7 +315,7 @@ def summarize(arrays: Dict[str, Dict[str, torch.Tensor]], window: int, first_fra
     return sections
 
 
-_DIGITS = {"share": 2, "psnr": 2, "ssim": 3, "sharpness_ratio": 2, "centroid_error_px": 2, "blob_centroid_error_px": 2,
+_DIGITS = {"share": 2, "psnr": 2, "ssim": 3, "sharpness_ratio": 2, "stroke_pixel_ratio": 2, "centroid_error_px": 2, "blob_centroid_error_px": 2,
            "flow_error_px": 2, "occlusion_mae": 3}
 _TITLES = {
     "frames": "Predicted frames against the truth (a: the autoencoder's ceiling; c: the rollout beside copying)",

@@ -95,6 +95,12 @@ class EvaluationProtocol:
     num_inference_steps: int = 10
     eta: float = 1.0
 
+    def decodes_with_occlusion(self, autoencoder_estimates_occlusion: bool) -> bool:
+        """Whether predictions are decoded with occlusion maps: where the protocol uses them and the autoencoder
+        estimates them. An autoencoder without maps decodes plain warps (training's validation, ``extdm-predict``
+        and ``extdm-evaluate`` all read this)."""
+        return self.use_occlusion and autoencoder_estimates_occlusion
+
 
 @dataclass(frozen=True)
 class Benchmark:

@@ -253,7 +253,7 @@ def predict(args: argparse.Namespace, log=print) -> List[Path]:
                               protocol_steps=evaluation.num_inference_steps if evaluation else 10,
                               protocol_eta=evaluation.eta if evaluation else 1.0)
     pipe.scheduler = make_scheduler(sampler.scheduler, pipe.scheduler.config)
-    use_occlusion = evaluation.use_occlusion and pipe.flow_autoencoder.estimates_occlusion if evaluation else None
+    use_occlusion = evaluation.decodes_with_occlusion(pipe.flow_autoencoder.estimates_occlusion) if evaluation else None
     log(f"sampler: {sampler.describe()}")
     output = pipe(observed, num_frames=num_frames, num_inference_steps=sampler.num_inference_steps,
                   eta=1.0 if sampler.eta is None else sampler.eta,

@@ -14,14 +14,19 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import diagnose_quickstart  # noqa: E402
 from extdm_diffusers import ExtDMPipeline  # noqa: E402
 from extdm_diffusers.pipelines.pipeline_extdm import RolloutAnchor  # noqa: E402
-from extdm_diffusers.evaluation.motion_fidelity import blob_centroid_error, centroid_error, sharpness_ratio  # noqa: E402
+from extdm_diffusers.evaluation.motion_fidelity import (  # noqa: E402
+    blob_centroid_error,
+    centroid_error,
+    sharpness_ratio,
+    stroke_pixel_ratio,
+)
 from extdm_diffusers.quickstart import main as quickstart_main  # noqa: E402
 
 # 5 observed -> 7 predicted: window 1 has 5 frames, window 2 the last 2
 TINY = ["--num_train_videos", "8", "--num_test_videos", "3", "--ae_steps", "2", "--dm_steps", "2", "--ae_batch_size", "4",
         "--dm_batch_size", "2", "--num_inference_steps", "2", "--ae_width", "8", "--feature_width", "32", "--dm_width", "8",
         "--eval_pred_frames", "7"]
-FRAME_METRICS = {"psnr", "ssim", "sharpness_ratio", "centroid_error_px", "blob_centroid_error_px"}
+FRAME_METRICS = {"psnr", "ssim", "sharpness_ratio", "stroke_pixel_ratio", "centroid_error_px", "blob_centroid_error_px"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,8 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
         run_dir / "data" / "test", "test", num_frames=12, num_videos=3)
     videos = torch.stack([clips[i]["video"] for i in range(3)]).double()
     copied, truth = videos[:, 4:5].expand(-1, 7, -1, -1, -1), videos[:, 5:]
-    for name, fn in (("sharpness_ratio", sharpness_ratio), ("centroid_error_px", centroid_error),
+    for name, fn in (("sharpness_ratio", sharpness_ratio), ("stroke_pixel_ratio", stroke_pixel_ratio),
+                     ("centroid_error_px", centroid_error),
                      ("blob_centroid_error_px", blob_centroid_error)):
         np.testing.assert_allclose(frames["copy_last_frame"][name]["per_frame"], fn(copied, truth).mean(0), rtol=1e-9)
 

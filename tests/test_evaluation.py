@@ -93,6 +93,11 @@ def test_a_pipeline_whose_autoencoder_has_no_occlusion_maps_is_evaluated_as_plai
     assert asked.protocol().use_occlusion is True
     # no readable autoencoder (a Hub name offline): the protocol's setting stands
     assert evaluation.EvaluationConfig(pipeline="p", benchmark="smmnist", dataset_dir="d").protocol().use_occlusion is True
+    # the one rule that training's validation, extdm-predict and extdm-evaluate read
+    from extdm_diffusers.benchmarks import BENCHMARKS
+    for benchmark in BENCHMARKS.values():
+        assert benchmark.evaluation.decodes_with_occlusion(False) is False
+        assert benchmark.evaluation.decodes_with_occlusion(True) is benchmark.evaluation.use_occlusion
 
 
 # ------------------------------------------------------------------------------------------ aggregation

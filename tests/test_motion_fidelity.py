@@ -12,6 +12,8 @@ from extdm_diffusers.evaluation.motion_fidelity import (
     intensity_centroid,
     sharpness,
     sharpness_ratio,
+    stroke_pixel_ratio,
+    stroke_pixels,
 )
 
 
@@ -34,6 +36,24 @@ def test_sharpness_of_a_square_is_its_edge_count_and_blur_lowers_it():
     assert sharpness_ratio(blurred, square).item() == pytest.approx(sharpness(blurred).item() / sharpness(square).item())
     assert sharpness(torch.full((2, 3, 1, 8, 8), 0.5)).eq(0).all()
     assert sharpness(torch.zeros(2, 3, 3, 8, 8)).shape == (2, 3)
+
+
+def test_stroke_pixels_count_the_bright_pixels_and_the_ratio_drops_as_a_digit_shrinks_or_dissolves():
+    square = _video(_square(4, 4), _square(4, 4, size=2))
+    assert stroke_pixels(square)[0].tolist() == [16.0, 4.0]
+    truth = _video(_square(4, 4), _square(4, 4))
+    # a shrunken square keeps a quarter of the strokes; a blur that spreads 16 pixels of 1 under 0.5 keeps none
+    assert stroke_pixel_ratio(square, truth)[0].tolist() == [1.0, 0.25]
+    spread = _video(torch.full((1, 16, 16), 16 / 256, dtype=torch.float64))
+    assert stroke_pixel_ratio(spread, _video(_square(4, 4))).item() == 0
+    # colour: the mean over the channels is thresholded; a true frame without strokes counts as one pixel
+    rgb = torch.zeros(1, 1, 3, 8, 8)
+    rgb[..., 0, :2, :2] = 1  # red only: a mean of 1/3, below 0.5
+    rgb[..., :, 4:, 4:] = 1
+    assert stroke_pixels(rgb).item() == 16
+    assert stroke_pixel_ratio(rgb, torch.zeros_like(rgb)).item() == 16
+    with pytest.raises(ValueError, match="`threshold` must be in"):
+        stroke_pixels(rgb, threshold=1.5)
 
 
 def test_the_centroid_moves_exactly_with_a_shifted_square():

@@ -114,8 +114,8 @@ class EvaluationConfig:
         overrides["num_inference_steps"] = sampler.num_inference_steps
         if sampler.eta is not None:
             overrides["eta"] = sampler.eta
-        if self.use_occlusion is None and registry.use_occlusion and not self._autoencoder_estimates_occlusion():
-            overrides["use_occlusion"] = False  # as train_dm and extdm-predict: an autoencoder without maps warps
+        if self.use_occlusion is None and registry.use_occlusion:
+            overrides["use_occlusion"] = registry.decodes_with_occlusion(self._autoencoder_estimates_occlusion())
         protocol = dataclasses.replace(registry, **overrides)
         # a Python caller may pass eta=1 or use_occlusion=0: the recorded settings keep one type
         return dataclasses.replace(protocol, eta=float(protocol.eta), use_occlusion=bool(protocol.use_occlusion))

@@ -4,6 +4,9 @@ win against a sharp one in the wrong place).
 
 - :func:`sharpness`, :func:`sharpness_ratio`: gradient energy, and the prediction's against the truth's (1: as sharp
   as the truth; a prediction dissolving into grey smoke falls towards 0).
+- :func:`stroke_pixels`, :func:`stroke_pixel_ratio`: how many pixels are brighter than a threshold (a digit's
+  strokes), and the prediction's count against the truth's (1: as much digit as the truth; a digit that shrinks,
+  dissolves or merges into another falls below 1, one smeared over the frame's background rises above it).
 - :func:`intensity_centroid`, :func:`centroid_error`: where the frame's brightness is, and how far the prediction's
   is from the truth's, in pixels (the digits' joint position).
 - :func:`blob_centroids`, :func:`blob_centroid_error`: the same for each of two bright blobs (SMMNIST's two digits),
@@ -17,7 +20,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "sharpness", "sharpness_ratio", "intensity_centroid", "centroid_error", "blob_centroids", "blob_centroid_error",
+    "sharpness", "sharpness_ratio", "stroke_pixels", "stroke_pixel_ratio", "intensity_centroid", "centroid_error", "blob_centroids", "blob_centroid_error",
     "flow_error_pixels",
 ]
 
@@ -51,6 +54,21 @@ def sharpness_ratio(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-8) 
     """``sharpness(pred) / sharpness(truth)`` per frame (B, T); ``eps`` keeps a blank true frame finite."""
     _check_pair(pred, truth)
     return sharpness(pred) / sharpness(truth).clamp_min(eps)
+
+
+def stroke_pixels(frames: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The number of pixels per frame (B, T) whose mean over the channels is brighter than ``threshold``."""
+    frames = _check_frames("frames", frames)
+    if not 0 < threshold < 1:
+        raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
+    return (frames.mean(dim=2) > threshold).sum(dim=(-2, -1)).to(frames.dtype)
+
+
+def stroke_pixel_ratio(pred: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``stroke_pixels(pred) / stroke_pixels(truth)`` per frame (B, T); a true frame without strokes counts as one
+    pixel, so that the ratio stays finite."""
+    _check_pair(pred, truth)
+    return stroke_pixels(pred, threshold) / stroke_pixels(truth, threshold).clamp_min(1)
 
 
 def _pixel_grid(frames: torch.Tensor) -> torch.Tensor:

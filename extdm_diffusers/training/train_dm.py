@@ -146,7 +146,7 @@ class DenoiserTask(TrainingTask):
         self.num_cond, self.num_pred = self.unet_config["num_cond_frames"], self.unet_config["num_pred_frames"]
         self.rgb = self.flow_autoencoder.config.num_channels == 3
         self.use_occlusion_train = self.flow_autoencoder.estimates_occlusion  # the original trains with 2·occ−1 always
-        self.use_occlusion_eval = benchmark.evaluation.use_occlusion and self.flow_autoencoder.estimates_occlusion
+        self.use_occlusion_eval = benchmark.evaluation.decodes_with_occlusion(self.flow_autoencoder.estimates_occlusion)
         self._kept: Optional[Tuple[Any, ...]] = None
 
     @property
