@@ -315,8 +315,8 @@ def summarize(arrays: Dict[str, Dict[str, torch.Tensor]], window: int, first_fra
     return sections
 
 
-_DIGITS = {"share": 2, "psnr": 2, "ssim": 3, "sharpness_ratio": 2, "stroke_pixel_ratio": 2, "centroid_error_px": 2, "blob_centroid_error_px": 2,
-           "flow_error_px": 2, "occlusion_mae": 3}
+_DIGITS = {"share": 2, "psnr": 2, "ssim": 3, "sharpness_ratio": 2, "stroke_pixel_ratio": 2, "centroid_error_px": 2,
+           "blob_centroid_error_px": 2, "flow_error_px": 2, "occlusion_mae": 3}
 _TITLES = {
     "frames": "Predicted frames against the truth (a: the autoencoder's ceiling; c: the rollout beside copying)",
     "motion_window_1": "b. Window 1's motion against the autoencoder's encoding of the true frames",

@@ -41,9 +41,9 @@ def test_rollout_chains_windows_like_the_original(reference_pipeline_factory):
     first = pipe(video, eta=0.0, latents=noise[:, :, :5], output_type="pt").frames
     second = pipe(first[:, -2:], eta=0.0, latents=noise[:, :, 5:10], output_type="pt").frames
     third = pipe(second[:, -2:], eta=0.0, latents=noise[:, :, 10:], output_type="pt").frames
-    # window 1 agrees exactly; windows 2 and 3 go through calls of other shapes than by hand, which the CPU's
-    # kernels round differently: up to 7.5e-5 measured on an AVX-512 AMD EPYC (4 noise seeds), where the AVX2 EPYC
-    # and the AMX Xeon stayed within 1e-5 + 1e-4 x the value; a wrong condition frame differs by tenths
+    # window 1 agrees exactly; windows 2 and 3 differ by rounding that depends on the CPU: up to 7.5e-5 measured on an
+    # AVX-512 AMD EPYC (4 noise seeds; their conditions encode identically), where the AVX2 EPYC and the AMX Xeon
+    # stayed within 1e-5 + 1e-4 x the value; a wrong condition frame differs by tenths
     torch.testing.assert_close(rollout, torch.cat([first, second, third], dim=1)[:, :14], rtol=0, atol=2e-4)
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "sharpness", "sharpness_ratio", "stroke_pixels", "stroke_pixel_ratio", "intensity_centroid", "centroid_error", "blob_centroids", "blob_centroid_error",
-    "flow_error_pixels",
+    "sharpness", "sharpness_ratio", "stroke_pixels", "stroke_pixel_ratio", "intensity_centroid", "centroid_error",
+    "blob_centroids", "blob_centroid_error", "flow_error_pixels",
 ]
 
 
