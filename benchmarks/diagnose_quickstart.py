@@ -9,7 +9,10 @@ a. ``frames.autoencoder``: the flow autoencoder's reconstruction of the true fut
    the last observed frame (the ceiling of the motion representation; the evaluation's ``autoencoder`` baseline);
 b. ``motion_window_1``: the denoiser's motion in window 1 against the autoencoder's encoding of the true frames (flow
    end-point error in pixels of the frame, occlusion MAE), beside holding still (the identity grid, and the last
-   observed frame's own encoding held); ``motion_window_2_teacher_forced``: the same for the teacher-forced window 2
+   observed frame's own encoding held); with a ``motion_prior``, ``extdm_change_to_the_guess``: how far the
+   denoiser moved its guess (``applied_px``), how far the truth lies from the guess (``needed_px``) and the cosine
+   of the two changes (``alignment``: 1 where the denoiser moves the guess towards the truth, 0 where what it adds
+   is unrelated to it); ``motion_window_2_teacher_forced``: the same for the teacher-forced window 2
    (d), against the true frames encoded relative to that window's reference;
 c. ``frames.extdm``, ``frames.copy_last_frame``, ``frames.constant_velocity`` (no denoiser: the autoencoder's regions
    continued at constant velocity, ``FlowAutoencoder.extrapolate``): PSNR, SSIM, sharpness against the truth's, centroid errors;
@@ -41,6 +44,7 @@ from extdm_diffusers.evaluation.config import EvaluationConfig, sample_seed
 from extdm_diffusers.evaluation.motion_fidelity import (
     blob_centroid_error,
     centroid_error,
+    correction_alignment,
     flow_error_pixels,
     sharpness_ratio,
     stroke_pixel_ratio,
@@ -121,6 +125,20 @@ def _motion_metrics(flow: torch.Tensor, occlusion: Optional[torch.Tensor], true_
     if occlusion is not None and true_occlusion is not None:
         diff = occlusion.double() - true_occlusion.double().repeat_interleave(samples, dim=0)
         values["occlusion_mae"] = diff.abs().mean(dim=(-3, -2, -1))
+    return {name: value.unflatten(0, (-1, samples)).mean(dim=1) for name, value in values.items()}
+
+
+def _correction_metrics(flow: torch.Tensor, prior_flow: torch.Tensor, true_flow: torch.Tensor,
+                        frame_size) -> Dict[str, torch.Tensor]:
+    """What the denoiser changed in its guess against what the truth needed: the change's size in pixels
+    (``applied_px``), the needed change's (``needed_px``: the guess's own error) and their cosine (``alignment``);
+    ``flow`` (B·S, T, 2, h, w), the others (B, ...) -> (B, T) each."""
+    samples = flow.shape[0] // true_flow.shape[0]
+    prior_flow, true_flow = (x.double().repeat_interleave(samples, dim=0) for x in (prior_flow, true_flow))
+    flow = flow.double()
+    values = {"applied_px": flow_error_pixels(flow, prior_flow, frame_size),
+              "needed_px": flow_error_pixels(true_flow, prior_flow, frame_size),
+              "alignment": correction_alignment(flow, prior_flow, true_flow)}
     return {name: value.unflatten(0, (-1, samples)).mean(dim=1) for name, value in values.items()}
 
 
@@ -221,6 +239,9 @@ def diagnose_batch(pipe: ExtDMPipeline, clips: torch.Tensor, positions: List[int
                   "constant_velocity": (guess.optical_flow[:, first], None if guess_occlusion is None else guess_occlusion[:, first])}
     for method, (flow, occlusion) in candidates.items():
         out[f"motion_window_1/{method}"] = _motion_metrics(flow, occlusion, true_flow, true_occ, frame_size)
+    if pipe.unet.config.motion_prior is not None:  # the denoiser refines the guess: does it move it the right way?
+        out["motion_window_1/extdm_change_to_the_guess"] = _correction_metrics(
+            motion[:, :, :2], guess.optical_flow[:, first], true_flow, frame_size)
     if horizon <= window:
         return out
 
@@ -283,7 +304,7 @@ def predictable_frames(dataset_dir: Path, video_indices: Sequence[int], cond_fra
     paths = smmnist.split_paths(
         kwargs["num_videos"], kwargs["num_frames"], kwargs["image_size"], seed=kwargs["seed"],
         pool_size=kwargs["pool_size"], digit_size=kwargs["digit_size"], max_speed=kwargs["max_speed"],
-        num_digits=kwargs["num_digits"], moving_digits=kwargs["moving_digits"])
+        num_digits=kwargs["num_digits"], moving_digits=kwargs["moving_digits"], bounce=kwargs.get("bounce", "random"))
     masks = [paths[i].predictable(cond_frames)[cond_frames : cond_frames + horizon] for i in video_indices]
     return torch.from_numpy(np.stack(masks))
 

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .data.builders.smmnist import BOUNCES
 from .file_io import atomic_write_text
 from .models.unet_3d_extdm import MOTION_PRIORS
 from .pipelines.pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE, ROLLOUT_REFERENCES
@@ -65,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument("--moving_digits", action=argparse.BooleanOptionalAction, default=True,
                       help="draw a digit's velocity again while it is at rest (SMMNIST's own draw lets one rest: "
                            "--no-moving_digits)")
+    data.add_argument("--bounce", choices=BOUNCES, default="random",
+                      help="what a digit does at a wall: random (SMMNIST's fresh velocity pointing away from it) or "
+                           "reflect (its velocity mirrored, as in Moving MNIST)")
     data.add_argument("--num_frames", type=int, default=20, help="frames per video")
     model = parser.add_argument_group("models")
     model.add_argument("--cond_frames", type=int, default=5)
@@ -128,8 +132,10 @@ def data_description(args: argparse.Namespace) -> str:
     frame, a digit drawn at rest stays at rest)."""
     resting = ("every digit moving" if args.moving_digits
                else "a digit drawn at rest stays at rest, as in SMMNIST")
+    walls = ("a fresh random velocity at a wall, as in SMMNIST" if args.bounce == "random"
+             else "the velocity mirrored at a wall (Moving MNIST's deterministic bounce, not SMMNIST's random one)")
     return (f"the data: {args.num_digits} digits of {args.digit_size} px in {args.frame_size} x {args.frame_size} frames, "
-            f"at most {args.max_speed} px a frame, {resting}, {args.cond_frames} observed -> {args.eval_pred_frames} "
+            f"at most {args.max_speed} px a frame, {resting}, {walls}, {args.cond_frames} observed -> {args.eval_pred_frames} "
             "predicted (the paper's SMMNIST: 2 digits of 32 px in 64 x 64, up to 4 px a frame, 10 -> 10; "
             "docs/quickstart.md says why not here)")
 
@@ -259,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "--source", "bundled", "--output_dir", str(out / "data"), "--num_train", str(args.num_train_videos),
             "--num_test", str(args.num_test_videos), "--num_frames", str(args.num_frames), "--image_size", str(args.frame_size),
             "--digit_size", str(args.digit_size), "--max_speed", str(args.max_speed), "--num_digits", str(args.num_digits),
-            *(["--moving_digits"] if args.moving_digits else []), "--overwrite",
+            *(["--moving_digits"] if args.moving_digits else []), "--bounce", args.bounce, "--overwrite",
         ])
 
     stage("data", build_data)

@@ -140,6 +140,32 @@ def test_digit_paths_are_where_the_video_draws_the_digits_and_mark_every_bounce(
     assert paths.redrawn[0].sum() >= 3
 
 
+def test_reflecting_digits_mirror_their_velocity_at_a_wall_and_draw_nothing_after_the_start():
+    digits = np.ones((5, 8, 8), np.float32)
+    paths = smmnist.digit_paths(np.random.RandomState(4), 5, 80, 24, 8, 2, num_digits=2, bounce="reflect")
+    assert not paths.redrawn.any() and paths.predictable(3)[3:].all()  # every future follows from what was seen
+    for path in paths.positions:
+        assert path.min() >= 0 and path.max() <= 24 - 8 - 1
+        steps = np.diff(path, axis=0)
+        # each axis keeps its speed (a step is shorter only where the clamp to a wall cuts it) and turns only at a wall
+        for axis in range(2):
+            speed = abs(steps[0, axis])
+            assert (np.abs(steps[:, axis]) <= speed).all()
+            if speed == 0:  # a digit may move along one axis only
+                continue
+            turns = np.nonzero(np.sign(steps[1:, axis]) != np.sign(steps[:-1, axis]))[0] + 1
+            assert turns.size, "the digit never reached a wall in 80 frames"
+            assert set(path[turns, axis].tolist()) <= {0, 24 - 8 - 1}
+    # the video draws the digits where the paths say, from the same draws
+    rng_video = np.random.RandomState(4)
+    video, chosen = smmnist.generate_video(rng_video, digits, 5, 80, 24, 2, num_digits=2, bounce="reflect")
+    assert chosen == paths.chosen
+    rows, cols = np.nonzero(video[17, ..., 0])
+    assert (rows.min(), cols.min()) == tuple(paths.positions[:, 17].min(axis=0))
+    with pytest.raises(smmnist.BuildError, match="bounce must be one of"):
+        smmnist.digit_paths(np.random.RandomState(0), 5, 4, 24, 8, bounce="mirror")
+
+
 def test_predictable_frames_end_at_the_first_fresh_velocity_after_the_observed_ones():
     redrawn = np.zeros((2, 12), bool)
     redrawn[0, 2] = True   # before the last observed frame: seen

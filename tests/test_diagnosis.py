@@ -86,6 +86,12 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
             for name, summary in entry[method].items():
                 _check_summary(summary, frames_in, 1)
                 assert min(summary["per_frame"]) >= 0
+    # what the denoiser changed in its guess: the truth's distance from the guess is the guess's own flow error
+    change = result["motion_window_1"]["extdm_change_to_the_guess"]
+    assert set(change) == {"applied_px", "needed_px", "alignment"}
+    np.testing.assert_allclose(change["needed_px"]["per_frame"],
+                               result["motion_window_1"]["constant_velocity"]["flow_error_px"]["per_frame"], rtol=1e-9)
+    assert all(-1 <= a <= 1 for a in change["alignment"]["per_frame"]) and min(change["applied_px"]["per_frame"]) > 0
     second = result["second_window"]
     assert second["frame_numbers"] == [6, 7]
     for method in ("extdm_rollout", "extdm_teacher_forced", "copy_last_frame", "autoencoder"):
@@ -102,7 +108,8 @@ def test_diagnosis_reports_every_section_and_matches_the_evaluation(run_dir, cap
     settings = json.loads((run_dir / "quickstart_args.json").read_text())
     paths = smmnist.split_paths(3, settings["num_frames"], settings["frame_size"], seed=0, pool_size=3,
                                 digit_size=settings["digit_size"], max_speed=settings["max_speed"],
-                                num_digits=settings["num_digits"], moving_digits=settings["moving_digits"])
+                                num_digits=settings["num_digits"], moving_digits=settings["moving_digits"],
+                                bounce=settings["bounce"])
     mask = np.stack([p.predictable(5)[5:12] for p in paths])
     share = result["frames_predictable"]["videos"]["share"]["per_frame"]
     np.testing.assert_allclose(share, mask.mean(0))

@@ -8,6 +8,7 @@ from extdm_diffusers.evaluation.motion_fidelity import (
     blob_centroid_error,
     blob_centroids,
     centroid_error,
+    correction_alignment,
     flow_error_pixels,
     intensity_centroid,
     sharpness,
@@ -88,6 +89,22 @@ def test_flow_error_is_in_pixels_of_the_frame():
     assert torch.allclose(flow_error_pixels(shifted, grid, (32, 48)), torch.full((2, 3), 10.0))
 
 
+def test_correction_alignment_is_the_cosine_of_the_change_made_and_the_change_needed():
+    prior = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    target = prior.clone()
+    target[:, 0] = 0.2  # the truth lies to the right of the prior everywhere
+    half_way = prior + 0.5 * (target - prior)
+    opposite = prior - 0.1 * (target - prior)
+    sideways = prior.clone()
+    sideways[:, 1] = 0.3  # moved down only: nothing of what was needed
+    cosine = correction_alignment(torch.stack([half_way[0], opposite[1], sideways[2]]), prior, target)
+    assert torch.allclose(cosine, torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))
+    assert correction_alignment(prior, prior, target).eq(0).all()  # no change made: 0, not NaN
+    mixed = half_way.clone()
+    mixed[:, 1] = 0.1  # half of what was needed, and as much sideways: 45 degrees
+    assert torch.allclose(correction_alignment(mixed, prior, target), torch.full((3,), 2 ** -0.5, dtype=torch.float64))
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="`frames` must be a floating-point video tensor"):
         sharpness(torch.zeros(3, 1, 8, 8))
@@ -95,3 +112,5 @@ def test_bad_input_names_the_argument():
         centroid_error(torch.zeros(1, 2, 1, 8, 8), torch.zeros(1, 3, 1, 8, 8))
     with pytest.raises(ValueError, match="`flow` and `target` must be grids"):
         flow_error_pixels(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), (8, 8))
+    with pytest.raises(ValueError, match="`refined`, `prior` and `target` must be grids"):
+        correction_alignment(torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 5))

@@ -80,7 +80,7 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     # the data it was trained on, as built: the quick start's is not the benchmark's SMMNIST
     assert ("The training split as built (`train/extdm_build.json`): `smmnist_rows` with `source` \"bundled\", "
             "`num_frames` 20, `image_size` 32, `digit_size` 16, `max_speed` 1, `num_digits` 2, `moving_digits` true, "
-            "`num_videos` 24") in card
+            "`bounce` \"random\", `num_videos` 24") in card
     for picture in ("predictions.gif", "per_frame.png"):
         assert f"]({picture})" in card and (out / "pipeline" / picture).is_file()
     assert (out / "per_frame.png").is_file() and (out / "evaluation" / "per_frame.png").is_file()
@@ -108,6 +108,8 @@ def test_quickstart_data_defaults_move_every_digit_at_one_pixel_a_frame_and_say_
     own = parse_args(["--no-moving_digits", "--max_speed", "2"])
     assert not own.moving_digits and "at most 2 px a frame, a digit drawn at rest stays at rest" in data_description(own)
     assert parse_args(["--preset", "long"]).max_speed == 1  # the long preset keeps the data
+    assert "a fresh random velocity at a wall, as in SMMNIST" in data_description(args) and args.bounce == "random"
+    assert "mirrored at a wall (Moving MNIST's" in data_description(parse_args(["--bounce", "reflect"]))
 
 
 def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the_pipeline_keeps_it(tmp_path, capsys):

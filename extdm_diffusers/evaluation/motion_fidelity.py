@@ -145,3 +145,17 @@ def flow_error_pixels(flow: torch.Tensor, target: torch.Tensor, frame_size: tupl
     height, width = frame_size
     scale = torch.tensor([width / 2, height / 2], dtype=flow.dtype, device=flow.device).view(2, 1, 1)
     return ((flow - target) * scale).norm(dim=-3).mean(dim=(-2, -1))
+
+
+def correction_alignment(refined: torch.Tensor, prior: torch.Tensor, target: torch.Tensor,
+                         eps: float = 1e-12) -> torch.Tensor:
+    """How well a refinement of ``prior`` points where ``target`` needs it: the cosine between what the refinement
+    changed (``refined - prior``) and what was needed (``target - prior``), over all the flow's elements of one
+    (..., 2, h, w) grid. 1: the change points exactly where the target lies (whatever its size); 0: unrelated (a
+    change that is noise); -1: the opposite way; 0 where either change is zero. Returns (...)."""
+    if not refined.shape == prior.shape == target.shape or refined.ndim < 3 or refined.shape[-3] != 2:
+        raise ValueError(f"`refined`, `prior` and `target` must be grids (..., 2, h, w) of one shape, got "
+                         f"{tuple(refined.shape)}, {tuple(prior.shape)} and {tuple(target.shape)}")
+    applied, needed = (refined - prior).flatten(-3), (target - prior).flatten(-3)
+    norms = applied.norm(dim=-1) * needed.norm(dim=-1)
+    return torch.where(norms > eps, (applied * needed).sum(dim=-1) / norms.clamp_min(eps), torch.zeros_like(norms))

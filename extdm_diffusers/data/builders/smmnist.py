@@ -2,7 +2,8 @@
 
 Same generator as the original (``data/SMMNIST`` of ExtDM, after SVG): each digit
 starts at a random position with a random velocity in [-4, 4]^2 and, when it hits
-a wall, gets a new random velocity pointing away from that wall. Digits are MNIST
+a wall, gets a new random velocity pointing away from that wall (``--bounce reflect``
+instead mirrors the velocity, as the deterministic Moving MNIST does). Digits are MNIST
 images resized 28 -> 32 (bilinear), summed, clipped to 1, stored as uint8.
 
 Splits (original README table): ``train`` 60,000 videos drawn from the MNIST train
@@ -49,6 +50,8 @@ DIGIT_SIZE = 32
 NUM_DIGITS = 2
 MAX_SPEED = 4
 TEST_SEED = 0  # the original's test set
+# what a digit does at a wall: SMMNIST's fresh random velocity pointing away from it, or the velocity mirrored
+BOUNCES = ("random", "reflect")
 
 
 # ------------------------------------------------------------------ digit sources
@@ -150,9 +153,12 @@ class DigitPaths:
 
 def digit_paths(
     rng: np.random.RandomState, pool_size: int, num_frames: int, image_size: int, digit_size: int,
-    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False,
+    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False, bounce: str = "random",
 ) -> DigitPaths:
-    """The digits and their paths for one video, drawing from ``rng`` in exactly the original's order."""
+    """The digits and their paths for one video, drawing from ``rng`` in exactly the original's order (with ``bounce``
+    ``"reflect"`` no velocity is drawn at a wall: it is mirrored, and the first two frames determine the path)."""
+    if bounce not in BOUNCES:
+        raise BuildError(f"bounce must be one of {BOUNCES}, got {bounce!r}")
     limit = image_size - digit_size  # positions live in [0, limit - 1]
     chosen = []
     positions = np.zeros((num_digits, num_frames, 2), dtype=np.int64)
@@ -164,6 +170,15 @@ def digit_paths(
         while moving_digits and dx == dy == 0:  # a digit drawn at rest never bounces: it would stay still
             dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
         for t in range(num_frames):
+            if bounce == "reflect":  # clamp to the wall and mirror the velocity: nothing the frames before cannot tell
+                if not 0 <= sy < limit:
+                    sy, dy = min(max(sy, 0), limit - 1), -dy
+                if not 0 <= sx < limit:
+                    sx, dx = min(max(sx, 0), limit - 1), -dx
+                positions[d, t] = sy, sx
+                sy += dy
+                sx += dx
+                continue
             # bounce: clamp to the wall, then a fresh velocity pointing away from it
             if sy < 0:
                 sy = 0
@@ -189,7 +204,7 @@ def digit_paths(
 
 def generate_video(
     rng: np.random.RandomState, digits: np.ndarray, pool_size: int, num_frames: int, image_size: int,
-    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False,
+    max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS, moving_digits: bool = False, bounce: str = "random",
 ) -> tuple[np.ndarray, list[int]]:
     """One SMMNIST video (T x H x W x 1 uint8) and the indices of its digits.
 
@@ -198,7 +213,7 @@ def generate_video(
     """
     canvas = np.zeros((num_frames, image_size, image_size, 1), dtype=np.float32)
     digit_size = digits.shape[-1]
-    paths = digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits)
+    paths = digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits, bounce)
     for index, path in zip(paths.chosen, paths.positions):
         for t, (sy, sx) in enumerate(path):
             canvas[t, sy:sy + digit_size, sx:sx + digit_size, 0] += digits[index]
@@ -208,18 +223,18 @@ def generate_video(
 
 def split_paths(num_videos: int, num_frames: int, image_size: int, seed: int, pool_size: int,
                 digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS,
-                moving_digits: bool = False) -> List[DigitPaths]:
+                moving_digits: bool = False, bounce: str = "random") -> List[DigitPaths]:
     """The digit paths of a split that ``smmnist_rows`` built with the same arguments, video by video, without the
     digits' images (the draws do not depend on them)."""
     rng = np.random.RandomState(seed)
-    return [digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits)
+    return [digit_paths(rng, pool_size, num_frames, image_size, digit_size, max_speed, num_digits, moving_digits, bounce)
             for _ in range(num_videos)]
 
 
 def smmnist_rows(
     source: str, raw_dir: str | None, split: str, num_videos: int, num_frames: int, image_size: int, seed: int,
     pool_size: int | None, digit_size: int = DIGIT_SIZE, max_speed: int = MAX_SPEED, num_digits: int = NUM_DIGITS,
-    moving_digits: bool = False,
+    moving_digits: bool = False, bounce: str = "random",
 ) -> Iterator[dict]:
     images, labels = bundled_digits(split) if source == "bundled" else mnist_digits(Path(raw_dir), split)
     pool_size = len(images) if pool_size is None else pool_size
@@ -228,7 +243,8 @@ def smmnist_rows(
     digits = resize_digits(images[:pool_size], digit_size)
     rng = np.random.RandomState(seed)  # the legacy stream: same numbers as the original's np.random.seed
     for index in tqdm(range(num_videos), desc=f"smmnist {split}"):
-        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size, max_speed, num_digits, moving_digits)
+        video, chosen = generate_video(rng, digits, pool_size, num_frames, image_size, max_speed, num_digits,
+                                       moving_digits, bounce)
         yield {
             "video": encode_frames(video),
             "num_frames": num_frames,
@@ -267,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
     parser.add_argument("--num_digits", type=int, default=NUM_DIGITS, help=f"digits per video (original: {NUM_DIGITS})")
     parser.add_argument("--moving_digits", action="store_true",
                         help="draw a digit's initial velocity again while it is (0, 0) (original: a digit may stay still)")
+    parser.add_argument("--bounce", choices=BOUNCES, default="random",
+                        help="at a wall, draw a fresh velocity pointing away from it (random, the original's stochastic "
+                             "bounce) or mirror the velocity (reflect, Moving MNIST's: the observed frames determine the "
+                             "whole future)")
     args = parser.parse_args(argv)
 
     for name in ("num_train", "num_test", "num_frames", "digit_size", "max_speed", "num_digits"):
@@ -285,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> datasets.DatasetDict:
 
     common = {"source": args.source, "raw_dir": raw_dir, "num_frames": args.num_frames, "image_size": args.image_size,
               "digit_size": args.digit_size, "max_speed": args.max_speed, "num_digits": args.num_digits,
-              "moving_digits": args.moving_digits}
+              "moving_digits": args.moving_digits, "bounce": args.bounce}
     splits = {
         "train": (smmnist_rows, {**common, "split": "train", "num_videos": args.num_train, "seed": args.train_seed,
                                  "pool_size": None}),
