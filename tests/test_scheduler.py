@@ -96,13 +96,33 @@ def test_v_prediction_recovers_x0_and_noise_and_steps_as_epsilon():
     assert eps_scheduler.predict_noise(noise, 818, noisy) is noise
 
 
+def test_sample_prediction_takes_x0_as_given_and_steps_as_epsilon():
+    # "sample": the model output is x0; the noise follows from x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε, and the DDIM step
+    # is the ε-scheduler's step with that ε
+    eps_scheduler, x0_scheduler = ExtDMDDIMScheduler(), ExtDMDDIMScheduler(prediction_type="sample")
+    x0, noise = torch.rand(4, 3, 2, 8, 8) * 1.8 - 0.9, torch.randn(4, 3, 2, 8, 8)
+    t = torch.tensor([3, 300, 700, 999])
+    noisy = x0_scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(x0_scheduler.predict_original_sample(x0, t, noisy), x0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x0_scheduler.predict_noise(x0, t, noisy), noise, rtol=0, atol=1e-4)
+    for scheduler in (eps_scheduler, x0_scheduler):
+        scheduler.set_timesteps(10)
+    step = torch.full((4,), 818)
+    noisy = x0_scheduler.add_noise(x0, noise, step)
+    expected = eps_scheduler.step(noise, 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
+    got = x0_scheduler.step(x0, 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got.pred_original_sample, expected.pred_original_sample, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=0, atol=1e-5)
+    assert DDIMScheduler.from_config(x0_scheduler.config).config.prediction_type == "sample"
+
+
 def test_v_prediction_survives_stock_schedulers_and_reload(tmp_path):
     scheduler = ExtDMDDIMScheduler(prediction_type="v_prediction")
     scheduler.save_pretrained(tmp_path)
     assert ExtDMDDIMScheduler.from_pretrained(tmp_path).config.prediction_type == "v_prediction"
     assert DDIMScheduler.from_config(scheduler.config).config.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="`prediction_type` must be one of"):
-        ExtDMDDIMScheduler(prediction_type="sample")
+        ExtDMDDIMScheduler(prediction_type="x0")
 
 
 def test_stock_schedulers_take_every_extdm_field():

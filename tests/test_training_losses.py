@@ -321,5 +321,12 @@ def test_denoising_loss_targets_the_velocity_for_v_prediction_and_weights_min_sn
     per_sample = ((0.5 * sample - noise) ** 2).mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5) / snr).mean())
     assert snr[0] > 5 > snr[1]  # t=10 is down-weighted, t=900 keeps weight one
+    # "sample": the target is the clean motion, weighted by min(SNR, γ) itself (the x0 error's weight)
+    x0_scheduler = ExtDMDDIMScheduler(prediction_type="sample")
+    per_sample = ((0.5 * sample - clean) ** 2).mean(dim=(1, 2, 3, 4))
+    plain = denoising_loss(unet, x0_scheduler, clean, cond_motion, cond_features, timesteps, noise).loss
+    torch.testing.assert_close(plain, per_sample.mean())
+    weighted = denoising_loss(unet, x0_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=5.0).loss
+    torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=5)).mean())
     with pytest.raises(ValueError, match="`snr_gamma` must be > 0"):
         denoising_loss(unet, eps_scheduler, clean, cond_motion, cond_features, timesteps, noise, snr_gamma=0)

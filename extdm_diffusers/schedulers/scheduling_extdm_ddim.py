@@ -49,8 +49,9 @@ def original_cosine_alphas_cumprod(num_train_timesteps: int, s: float = 0.008, m
 
 # "epsilon": the original (the released checkpoints). "v_prediction" (Salimans & Ho 2022): the denoiser predicts
 # sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0, which is nearly −x0 at high noise, where ε-prediction must reproduce its noisy
-# input almost exactly and, trained briefly, yields poor x0 and a chain that never recovers.
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# input almost exactly and, trained briefly, yields poor x0 and a chain that never recovers. "sample": it predicts
+# x0 itself, whose MSE optimum is the conditional mean of the clean motion.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
@@ -148,6 +149,8 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         if self.config.prediction_type == "v_prediction":
             signal, sigma = self._signal_and_sigma(timestep, sample)
             x0 = signal * sample - sigma * model_output
+        elif self.config.prediction_type == "sample":
+            x0 = model_output
         else:
             a, b = self._coefficients(timestep, sample, "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
             x0 = a * sample - b * model_output
@@ -156,10 +159,13 @@ class ExtDMDDIMScheduler(SchedulerMixin, ConfigMixin):
         return x0.clamp(-1, 1) if self.config.clip_sample else x0
 
     def predict_noise(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
-        """ε̂: the denoiser's output itself, or for ``v_prediction`` sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v."""
-        if self.config.prediction_type != "v_prediction":
+        """ε̂: the denoiser's output itself, for ``v_prediction`` sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v, for ``sample``
+        (x_t − sqrt(ᾱ) x̂0) / sqrt(1 − ᾱ)."""
+        if self.config.prediction_type == "epsilon":
             return model_output
         signal, sigma = self._signal_and_sigma(timestep, sample)
+        if self.config.prediction_type == "sample":
+            return (sample - signal * model_output) / sigma
         return sigma * sample + signal * model_output
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -43,19 +43,20 @@ def denoising_loss(
     generator: Optional[torch.Generator] = None,
     snr_gamma: Optional[float] = None,
 ) -> DenoisingLossOutput:
-    """MSE of the predicted noise (or velocity, for a ``v_prediction`` scheduler) on the predicted frames.
+    """MSE of the predicted noise (or velocity, or clean motion, per the scheduler's ``prediction_type``) on the
+    predicted frames.
 
     ``clean_motion`` (B, 3, P, h, w), the future motion, is noised to ``timesteps`` with ``scheduler.add_noise``
     (an ``ExtDMDDIMScheduler``: the original's q_sample); the denoiser sees the clean ``cond_motion`` and
     ``cond_features`` (as in ``ExtDMUNet3DModel.forward``) and predicts the noise of the P frames (the
     original), or their velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 when ``scheduler.config.prediction_type`` is
-    ``"v_prediction"``. Without ``snr_gamma`` the loss is a plain mean over everything (``F.mse_loss``), as the
+    ``"v_prediction"``, or the clean motion x0 itself for ``"sample"``. Without ``snr_gamma`` the loss is a plain mean over everything (``F.mse_loss``), as the
     original: no per-timestep weighting.
 
     ``timesteps``: (B,) integers in [0, num_train_timesteps) (the original draws them uniformly) or one int.
     ``noise``: defaults to a standard normal draw with ``generator``.
     ``snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023, diffusers' ``--snr_gamma``): each sample's MSE is
-    weighted by min(SNR(t), γ) / SNR(t) (ε) or min(SNR(t), γ) / (SNR(t) + 1) (v), so the nearly noise-free steps,
+    weighted by min(SNR(t), γ) / SNR(t) (ε), min(SNR(t), γ) / (SNR(t) + 1) (v) or min(SNR(t), γ) (x0), so the nearly noise-free steps,
     where the noise is hard to predict and matters little, stop dominating the gradient. ``None`` (the original):
     the plain mean.
 
@@ -83,14 +84,17 @@ def denoising_loss(
     prediction_type = scheduler.config.prediction_type
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"the scheduler's `prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    target = scheduler.get_velocity(clean_motion, noise, timesteps) if prediction_type == "v_prediction" else noise
+    targets = {"epsilon": lambda: noise, "sample": lambda: clean_motion,
+               "v_prediction": lambda: scheduler.get_velocity(clean_motion, noise, timesteps)}
+    target = targets[prediction_type]()
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
     predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
     if snr_gamma is None:
         return DenoisingLossOutput(loss=F.mse_loss(predicted, target), model_output=predicted)
     snr = compute_snr(scheduler, timesteps)
     # min(SNR, γ) weights the x0 error; in ε units that is min(SNR, γ) / SNR, in v units min(SNR, γ) / (SNR + 1)
-    weights = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    denominators = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
+    weights = snr.clamp(max=snr_gamma) / denominators[prediction_type]
     per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=tuple(range(1, predicted.ndim)))
     return DenoisingLossOutput(loss=(per_sample * weights).mean(), model_output=predicted)
 

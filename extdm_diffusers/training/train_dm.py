@@ -53,8 +53,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "flow_autoencoder/ subfolder")
     parser.add_argument("--adam_epsilon", type=float, default=1e-8)
     parser.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
-                        help="what the denoiser predicts: the noise (the original) or the velocity, which learns "
-                             "the high-noise steps far sooner (saved in the pipeline's scheduler config)")
+                        help="what the denoiser predicts: the noise (the original), the velocity, which learns "
+                             "the high-noise steps far sooner, or the clean motion (sample) (saved in the "
+                             "pipeline's scheduler config)")
     parser.add_argument("--snr_gamma", type=float, default=None,
                         help="Min-SNR-γ loss weighting (5.0 is the Min-SNR paper's choice; the original ExtDM: none)")
     parser.add_argument("--log_reconstruction_steps", type=int, default=100,
