@@ -71,10 +71,26 @@ def test_errors():
         scheduler.step(torch.zeros(1), 5, torch.zeros(1))
 
 
+def _assert_steps_as_epsilon(scheduler: ExtDMDDIMScheduler, perfect_output) -> None:
+    """``scheduler``'s DDIM step on a perfect model output (``perfect_output(x0, noise, t)``) is the ε-scheduler's
+    step on the true noise (x0 inside [-1, 1]: the dynamic threshold leaves it alone)."""
+    eps_scheduler = ExtDMDDIMScheduler()
+    x0, noise = torch.rand(4, 3, 2, 8, 8) * 1.8 - 0.9, torch.randn(4, 3, 2, 8, 8)
+    for each in (eps_scheduler, scheduler):
+        each.set_timesteps(10)
+    step = torch.full((4,), 818)
+    noisy = scheduler.add_noise(x0, noise, step)
+    expected = eps_scheduler.step(noise, 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
+    got = scheduler.step(perfect_output(x0, noise, step), 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got.pred_original_sample, expected.pred_original_sample, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=0, atol=1e-5)
+    # an ε-scheduler passes the model output through unchanged
+    assert eps_scheduler.predict_noise(noise, 818, noisy) is noise
+
+
 def test_v_prediction_recovers_x0_and_noise_and_steps_as_epsilon():
-    # v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0: the scheduler maps a perfect v back to x0 and ε, and its DDIM step is the
-    # ε-scheduler's step with that ε (x0 inside [-1, 1]: the dynamic threshold leaves it alone)
-    eps_scheduler, v_scheduler = ExtDMDDIMScheduler(), ExtDMDDIMScheduler(prediction_type="v_prediction")
+    # v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0: the scheduler maps a perfect v back to x0 and ε
+    v_scheduler = ExtDMDDIMScheduler(prediction_type="v_prediction")
     x0, noise = torch.rand(4, 3, 2, 8, 8) * 1.8 - 0.9, torch.randn(4, 3, 2, 8, 8)
     t = torch.tensor([3, 300, 700, 999])
     noisy = v_scheduler.add_noise(x0, noise, t)
@@ -83,36 +99,18 @@ def test_v_prediction_recovers_x0_and_noise_and_steps_as_epsilon():
     torch.testing.assert_close(velocity, ac.sqrt() * noise - (1 - ac).sqrt() * x0)
     torch.testing.assert_close(v_scheduler.predict_original_sample(velocity, t, noisy), x0, rtol=0, atol=1e-5)
     torch.testing.assert_close(v_scheduler.predict_noise(velocity, t, noisy), noise, rtol=0, atol=1e-5)
-    for scheduler in (eps_scheduler, v_scheduler):
-        scheduler.set_timesteps(10)
-    step = torch.full((4,), 818)
-    noisy = v_scheduler.add_noise(x0, noise, step)
-    generator = torch.Generator().manual_seed(0)
-    expected = eps_scheduler.step(noise, 818, noisy, eta=1.0, generator=generator)
-    got = v_scheduler.step(v_scheduler.get_velocity(x0, noise, step), 818, noisy, eta=1.0, generator=generator.manual_seed(0))
-    torch.testing.assert_close(got.pred_original_sample, expected.pred_original_sample, rtol=0, atol=1e-5)
-    torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=0, atol=1e-5)
-    # an ε-scheduler passes the model output through unchanged
-    assert eps_scheduler.predict_noise(noise, 818, noisy) is noise
+    _assert_steps_as_epsilon(v_scheduler, v_scheduler.get_velocity)
 
 
 def test_sample_prediction_takes_x0_as_given_and_steps_as_epsilon():
-    # "sample": the model output is x0; the noise follows from x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε, and the DDIM step
-    # is the ε-scheduler's step with that ε
-    eps_scheduler, x0_scheduler = ExtDMDDIMScheduler(), ExtDMDDIMScheduler(prediction_type="sample")
+    # "sample": the model output is x0; the noise follows from x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε
+    x0_scheduler = ExtDMDDIMScheduler(prediction_type="sample")
     x0, noise = torch.rand(4, 3, 2, 8, 8) * 1.8 - 0.9, torch.randn(4, 3, 2, 8, 8)
     t = torch.tensor([3, 300, 700, 999])
     noisy = x0_scheduler.add_noise(x0, noise, t)
     torch.testing.assert_close(x0_scheduler.predict_original_sample(x0, t, noisy), x0, rtol=0, atol=1e-6)
     torch.testing.assert_close(x0_scheduler.predict_noise(x0, t, noisy), noise, rtol=0, atol=1e-4)
-    for scheduler in (eps_scheduler, x0_scheduler):
-        scheduler.set_timesteps(10)
-    step = torch.full((4,), 818)
-    noisy = x0_scheduler.add_noise(x0, noise, step)
-    expected = eps_scheduler.step(noise, 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
-    got = x0_scheduler.step(x0, 818, noisy, eta=1.0, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(got.pred_original_sample, expected.pred_original_sample, rtol=0, atol=1e-5)
-    torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=0, atol=1e-5)
+    _assert_steps_as_epsilon(x0_scheduler, lambda x0, noise, t: x0)
     assert DDIMScheduler.from_config(x0_scheduler.config).config.prediction_type == "sample"
 
 
