@@ -32,7 +32,7 @@ import torch
 
 from .data.builders.smmnist import BOUNCES
 from .file_io import atomic_write_text
-from .models.unet_3d_extdm import MOTION_PRIORS
+from .models.unet_3d_extdm import MOTION_PRIORS, RESIDUAL_SCALINGS
 from .pipelines.pipeline_extdm import DEFAULT_ROLLOUT_REFERENCE, ROLLOUT_REFERENCES
 from .schedulers.scheduling_extdm_ddim import PREDICTION_TYPES
 
@@ -100,6 +100,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="the denoiser's motion_prior: it denoises the motion minus the autoencoder's constant-"
                             "velocity extrapolation of the last two observed frames (_reflected: bouncing off the "
                             "frame's edges; none: the motion itself, the original)")
+    train.add_argument("--dm_residual_scaling", default="none", choices=("none", *RESIDUAL_SCALINGS),
+                       help="the denoiser's motion_prior_residual_scaling: by_frame divides the k-th predicted frame's "
+                            "residual from the guess by k (none: one scale for every frame)")
     train.add_argument("--rollout_reference", default="observed", choices=ROLLOUT_REFERENCES,
                        help="the pipeline's rollout_reference: observed (every predicted frame one warp of the last "
                             "observed frame, the windows' motion composed) or last_decoded (each window warps the last "
@@ -166,6 +169,7 @@ def denoiser_config(args: argparse.Namespace) -> Dict[str, Any]:
         "attention_head_dim": 16,
         **({"motion_latent_scale": args.dm_motion_latent_scale} if args.dm_motion_latent_scale else {}),
         **({"motion_prior": args.dm_motion_prior} if args.dm_motion_prior != "none" else {}),
+        **({"motion_prior_residual_scaling": args.dm_residual_scaling} if args.dm_residual_scaling != "none" else {}),
     }
 
 

@@ -39,13 +39,14 @@ def test_clamp_keeps_grids_in_the_frame_in_either_convention():
     torch.testing.assert_close(clamped_latents[:, 2:], clamped[:, 2:], rtol=0, atol=0)
 
 
-def _pipeline(scale, motion_prior=None):
+def _pipeline(scale, motion_prior=None, residual_scaling=None):
     meta, _, _ = load_case("pipeline_wo_ref")
     torch.manual_seed(0)
     autoencoder = FlowAutoencoder(**meta["config"]["flow_params"]["model_params"], sample_size=32).eval()
     config = unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi",
                                        **dict(meta["unet_constructor"], pred_num=2))
-    unet = ExtDMUNet3DModel(**config, motion_latent_scale=scale, motion_prior=motion_prior).eval()
+    unet = ExtDMUNet3DModel(**config, motion_latent_scale=scale, motion_prior=motion_prior,
+                            motion_prior_residual_scaling=residual_scaling).eval()
     pipe = ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler(thresholding=scale is None and motion_prior is None))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -146,6 +147,29 @@ def test_a_zero_sample_under_a_prior_is_the_constant_velocity_guess():
         prior = pipe.encode_condition(video).prior_motion
     torch.testing.assert_close(out.frames, clamp_latents(prior, 4.0), rtol=0, atol=1e-6)
     assert out.frames.abs().max() > 0
+
+
+def test_by_frame_scaling_divides_each_frames_residual_by_its_number_and_inverts():
+    video = torch.rand(2, 5, 3, 32, 32)  # 3 observed + 2 future frames
+    with torch.no_grad():
+        scaled = _pipeline(4.0, "constant_velocity", "by_frame").encode_condition(video)
+        plain = _pipeline(4.0, "constant_velocity").encode_condition(video)  # the same autoencoder
+    torch.testing.assert_close(scaled.prior_motion, plain.prior_motion, rtol=0, atol=0)
+    per_frame = torch.tensor([1.0, 2.0]).view(1, 1, 2, 1, 1)
+    torch.testing.assert_close(scaled.denoising_target(), plain.denoising_target() / per_frame, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scaled.motion_from_sample(scaled.denoising_target()), scaled.future_motion,
+                               rtol=0, atol=1e-5)
+    repeated = scaled.repeat_interleave(3)  # one scale, shared by every sample
+    assert repeated.residual_scale.shape == (1, 1, 2, 1, 1) and repeated.prior_motion.shape[0] == 6
+    torch.testing.assert_close(repeated.denoising_target(), scaled.denoising_target().repeat_interleave(3, dim=0))
+    small = dict(num_cond_frames=2, num_pred_frames=2, cond_feature_channels=8, base_channels=8, channel_mults=(1, 2),
+                 attention_heads=1, attention_head_dim=8)
+    with pytest.raises(ValueError, match="`motion_prior_residual_scaling` must be None or one of \\('by_frame',\\) "
+                                         "\\(with a `motion_prior`\\), got 'by_frame' with motion_prior=None"):
+        ExtDMUNet3DModel(motion_prior_residual_scaling="by_frame", **small)
+    with pytest.raises(ValueError, match="`residual_scaling` must be None or one of .*got 'linear'"):
+        encode_condition(_pipeline(4.0).flow_autoencoder, video[:, :3], 3, 3, motion_prior="constant_velocity",
+                         num_pred_frames=2, residual_scaling="linear")
 
 
 def test_motion_prior_must_be_known_and_needs_two_observed_frames():

@@ -119,6 +119,9 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
     config = denoiser_config(args)
     assert (config["motion_prior"], config["motion_latent_scale"], args.dm_steps) == ("constant_velocity_reflected", 20.0, 320)
     assert "motion_prior" not in denoiser_config(parse_args(["--dm_motion_prior", "none"]))  # the original's
+    assert "motion_prior_residual_scaling" not in config  # one scale for every frame unless asked
+    scaled = denoiser_config(parse_args(["--dm_residual_scaling", "by_frame"]))
+    assert scaled["motion_prior_residual_scaling"] == "by_frame"
     # the saved pipeline's denoiser measures its motion from that guess
     from extdm_diffusers import ExtDMUNet3DModel
 
@@ -126,6 +129,7 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
     unet.save_pretrained(tmp_path / "unet")
     reloaded = ExtDMUNet3DModel.from_pretrained(tmp_path / "unet")
     assert (reloaded.config.motion_prior, reloaded.config.motion_latent_scale) == ("constant_velocity_reflected", 20.0)
+    assert reloaded.config.motion_prior_residual_scaling is None
 
 
 def test_quickstart_autoencoder_warps_without_occlusion_maps_by_default():

@@ -38,6 +38,9 @@ CONDITION_FEATURE_MODES = ("none", "trajectory_attention", "adaptor")
 #: bouncing off the frame's edges; name -> ``FlowAutoencoder.extrapolate``'s ``reflect_extent``
 MOTION_PRIORS = {"constant_velocity": None, "constant_velocity_reflected": 1.25}
 BLOCK_LAYOUTS = ("interleaved", "grouped")
+#: how the residual from the ``motion_prior`` is scaled per predicted frame (``motion_prior_residual_scaling``):
+#: ``"by_frame"`` divides the k-th frame's by k, since a guess whose velocity is off errs in proportion to k
+RESIDUAL_SCALINGS = ("by_frame",)
 
 
 def check_motion_prior(motion_prior: Optional[str], num_cond_frames: int) -> None:
@@ -172,6 +175,9 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             the autoencoder's extrapolation of the last two observed frames (``FlowAutoencoder.extrapolate``): it
             denoises the window's motion minus that guess, in the same units. The pipeline computes the guess once
             per window and converts; the network never reads it. Needs ``num_cond_frames`` >= 2.
+        motion_prior_residual_scaling: ``None`` (one scale for every frame) or ``"by_frame"``: with a
+            ``motion_prior``, the k-th predicted frame's residual is divided by k before it is denoised (the
+            pipeline converts; the network never reads it).
     """
 
     _supports_gradient_checkpointing = True
@@ -215,9 +221,14 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         time_bias_max_distance: int = 32,
         motion_latent_scale: Optional[float] = None,
         motion_prior: Optional[str] = None,
+        motion_prior_residual_scaling: Optional[str] = None,
     ):
         super().__init__()
         check_motion_prior(motion_prior, num_cond_frames)
+        if motion_prior_residual_scaling is not None and (
+                motion_prior_residual_scaling not in RESIDUAL_SCALINGS or motion_prior is None):
+            raise ValueError(f"`motion_prior_residual_scaling` must be None or one of {RESIDUAL_SCALINGS} (with a "
+                             f"`motion_prior`), got {motion_prior_residual_scaling!r} with motion_prior={motion_prior!r}")
         if motion_latent_scale is not None and not motion_latent_scale > 0:
             raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:

@@ -25,7 +25,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..models.autoencoder_blocks import make_coordinate_grid
 from ..models.flow_autoencoder import FlowAutoencoder, compose_motion
-from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel, check_motion_prior
+from ..models.unet_3d_extdm import MOTION_PRIORS, RESIDUAL_SCALINGS, ExtDMUNet3DModel, check_motion_prior
 
 if TYPE_CHECKING:
     from ..benchmarks import Benchmark
@@ -82,6 +82,8 @@ class MotionCondition:
     prior_motion: (B, 3, num_pred_frames, h, w) the window's motion guessed from the observed frames alone (the
         denoiser's ``motion_prior``), which the denoiser refines: it denoises the motion minus this guess; None for
         the original, which denoises the motion itself.
+    residual_scale: (1, 1, num_pred_frames, 1, 1) what the residual from ``prior_motion`` is divided by per frame
+        (``motion_prior_residual_scaling``), or None: not scaled.
     """
 
     reference: torch.Tensor
@@ -91,22 +93,34 @@ class MotionCondition:
     occlusion: Optional[torch.Tensor]
     future_motion: Optional[torch.Tensor] = None
     prior_motion: Optional[torch.Tensor] = None
+    residual_scale: Optional[torch.Tensor] = None
 
     def denoising_target(self) -> torch.Tensor:
-        """What the denoiser learns to sample: ``future_motion``, less ``prior_motion`` where there is one."""
+        """What the denoiser learns to sample: ``future_motion``, less ``prior_motion`` where there is one (divided
+        by ``residual_scale`` where there is one)."""
         if self.future_motion is None:
             raise ValueError("the condition has no future motion: encode the observed frames and the future ones")
-        return self.future_motion if self.prior_motion is None else self.future_motion - self.prior_motion
+        if self.prior_motion is None:
+            return self.future_motion
+        residual = self.future_motion - self.prior_motion
+        return residual if self.residual_scale is None else residual / self.residual_scale
 
     def motion_from_sample(self, sample: torch.Tensor) -> torch.Tensor:
         """The window's motion from what the denoiser sampled (the inverse of ``denoising_target``)."""
-        return sample if self.prior_motion is None else sample + self.prior_motion.to(sample.dtype)
+        if self.prior_motion is None:
+            return sample
+        if self.residual_scale is not None:
+            sample = sample * self.residual_scale.to(sample.dtype)
+        return sample + self.prior_motion.to(sample.dtype)
 
     def repeat_interleave(self, repeats: int) -> "MotionCondition":
-        def repeat(tensor):
-            return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
+        def repeat(name):
+            tensor = getattr(self, name)
+            if tensor is None or name == "residual_scale":  # one per-frame scale, shared by every sample
+                return tensor
+            return tensor.repeat_interleave(repeats, dim=0)
 
-        return MotionCondition(*(repeat(getattr(self, name)) for name in self.__dataclass_fields__))
+        return MotionCondition(**{name: repeat(name) for name in self.__dataclass_fields__})
 
 
 @dataclass
@@ -166,12 +180,14 @@ def encode_condition(
     motion_latent_scale: Optional[float] = None,
     motion_prior: Optional[str] = None,
     num_pred_frames: Optional[int] = None,
+    residual_scaling: Optional[str] = None,
 ) -> MotionCondition:
     """The denoiser's condition from ``frames`` (B, T, C, H, W): the first ``num_cond_frames`` are observed, the
     last of them is the reference; frames after them (training clips) become ``future_motion``. All T frames go
     through the autoencoder in one batched call (features of the observed frames only). ``motion_prior``
     ``"constant_velocity"``: ``prior_motion`` over ``num_pred_frames`` frames is ``FlowAutoencoder.extrapolate``
-    from the last two observed frames. Training and sampling both build the condition here."""
+    from the last two observed frames; ``residual_scaling`` ``"by_frame"`` divides the k-th frame's residual from it
+    by k (``residual_scale``). Training and sampling both build the condition here."""
     reference = frames[:, num_cond_frames - 1]
     encoded = flow_autoencoder.encode(frames, reference, feature_frames=num_cond_frames)
     occlusion = encoded.occlusion_map if use_occlusion else None
@@ -185,6 +201,12 @@ def encode_condition(
                                      num_pred_frames, motion_prior)
         prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
                                       motion_latent_scale)
+    residual_scale = None
+    if residual_scaling is not None:
+        if residual_scaling not in RESIDUAL_SCALINGS or prior_motion is None:
+            raise ValueError(f"`residual_scaling` must be None or one of {RESIDUAL_SCALINGS} (with a `motion_prior`), "
+                             f"got {residual_scaling!r} with motion_prior={motion_prior!r}")
+        residual_scale = torch.arange(1, num_pred_frames + 1, device=motion.device, dtype=motion.dtype).view(1, 1, -1, 1, 1)
     features = encoded.features
     observed = features[:, : num_cond_frames - 1]
     repeats = num_feature_frames - observed.shape[1]
@@ -197,6 +219,7 @@ def encode_condition(
         occlusion=occlusion,
         future_motion=motion[:, :, num_cond_frames:] if frames.shape[1] > num_cond_frames else None,
         prior_motion=prior_motion,
+        residual_scale=residual_scale,
     )
 
 
@@ -406,7 +429,8 @@ class ExtDMPipeline(DiffusionPipeline):
     def encode_condition(self, frames: torch.Tensor, use_occlusion: bool = True) -> MotionCondition:
         """The denoiser's condition from ``frames`` (B, num_cond_frames [+ K], C, H, W); see ``encode_condition``."""
         return encode_condition(self.flow_autoencoder, frames, self.num_cond_frames, self.unet.num_feature_frames, use_occlusion,
-                                self.unet.config.motion_latent_scale, self.unet.config.motion_prior, self.num_pred_frames)
+                                self.unet.config.motion_latent_scale, self.unet.config.motion_prior, self.num_pred_frames,
+                                self.unet.config.motion_prior_residual_scaling)
 
     def resolve_use_occlusion(self, use_occlusion: Optional[bool]) -> bool:
         """``use_occlusion`` of ``__call__``: ``None`` means whether the autoencoder estimates occlusion maps."""

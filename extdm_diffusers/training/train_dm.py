@@ -200,6 +200,10 @@ class DenoiserTask(TrainingTask):
     def motion_prior(self) -> Optional[str]:
         return self.unet_config.get("motion_prior")
 
+    @property
+    def residual_scaling(self) -> Optional[str]:
+        return self.unet_config.get("motion_prior_residual_scaling")
+
     def make_scheduler(self):
         """The original's sampler; for scaled displacement latents (``motion_latent_scale``) or motion measured from a
         prior (``motion_prior``) without its dynamic thresholding, which divides every x0 whose 0.9 quantile
@@ -225,7 +229,7 @@ class DenoiserTask(TrainingTask):
         with torch.no_grad():
             condition = encode_condition(self.frozen_ae, frames, self.num_cond, self.num_feature_frames,
                                          self.use_occlusion_train, self.motion_latent_scale, self.motion_prior,
-                                         frames.shape[1] - self.num_cond)
+                                         frames.shape[1] - self.num_cond, self.residual_scaling)
         target = condition.denoising_target().float()
         noise = torch.randn(target.shape, generator=generator, device=self.device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (target.shape[0],),
