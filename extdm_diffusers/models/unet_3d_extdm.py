@@ -43,6 +43,14 @@ BLOCK_LAYOUTS = ("interleaved", "grouped")
 RESIDUAL_SCALINGS = ("by_frame",)
 
 
+def check_residual_scaling(residual_scaling: Optional[str], motion_prior: Optional[str],
+                           name: str = "motion_prior_residual_scaling") -> None:
+    """A residual scaling is a known name, and scales the residual from a ``motion_prior``: there must be one."""
+    if residual_scaling is not None and (residual_scaling not in RESIDUAL_SCALINGS or motion_prior is None):
+        raise ValueError(f"`{name}` must be None or one of {RESIDUAL_SCALINGS} (with a `motion_prior`), got "
+                         f"{residual_scaling!r} with motion_prior={motion_prior!r}")
+
+
 def check_motion_prior(motion_prior: Optional[str], num_cond_frames: int) -> None:
     """``motion_prior`` continues the step between the last two observed frames: a known name and two of them."""
     if motion_prior is not None and (motion_prior not in MOTION_PRIORS or num_cond_frames < 2):
@@ -225,10 +233,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         check_motion_prior(motion_prior, num_cond_frames)
-        if motion_prior_residual_scaling is not None and (
-                motion_prior_residual_scaling not in RESIDUAL_SCALINGS or motion_prior is None):
-            raise ValueError(f"`motion_prior_residual_scaling` must be None or one of {RESIDUAL_SCALINGS} (with a "
-                             f"`motion_prior`), got {motion_prior_residual_scaling!r} with motion_prior={motion_prior!r}")
+        check_residual_scaling(motion_prior_residual_scaling, motion_prior)
         if motion_latent_scale is not None and not motion_latent_scale > 0:
             raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:

@@ -25,7 +25,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..models.autoencoder_blocks import make_coordinate_grid
 from ..models.flow_autoencoder import FlowAutoencoder, compose_motion
-from ..models.unet_3d_extdm import MOTION_PRIORS, RESIDUAL_SCALINGS, ExtDMUNet3DModel, check_motion_prior
+from ..models.unet_3d_extdm import MOTION_PRIORS, ExtDMUNet3DModel, check_motion_prior, check_residual_scaling
 
 if TYPE_CHECKING:
     from ..benchmarks import Benchmark
@@ -201,11 +201,9 @@ def encode_condition(
                                      num_pred_frames, motion_prior)
         prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
                                       motion_latent_scale)
+    check_residual_scaling(residual_scaling, motion_prior, "residual_scaling")
     residual_scale = None
     if residual_scaling is not None:
-        if residual_scaling not in RESIDUAL_SCALINGS or prior_motion is None:
-            raise ValueError(f"`residual_scaling` must be None or one of {RESIDUAL_SCALINGS} (with a `motion_prior`), "
-                             f"got {residual_scaling!r} with motion_prior={motion_prior!r}")
         residual_scale = torch.arange(1, num_pred_frames + 1, device=motion.device, dtype=motion.dtype).view(1, 1, -1, 1, 1)
     features = encoded.features
     observed = features[:, : num_cond_frames - 1]

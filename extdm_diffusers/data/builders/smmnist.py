@@ -170,7 +170,7 @@ def digit_paths(
         while moving_digits and dx == dy == 0:  # a digit drawn at rest never bounces: it would stay still
             dx, dy = rng.randint(-max_speed, max_speed + 1), rng.randint(-max_speed, max_speed + 1)
         for t in range(num_frames):
-            if bounce == "reflect":  # clamp to the wall and mirror the velocity: nothing the frames before cannot tell
+            if bounce == "reflect":  # clamp to the wall and mirror the velocity: the frames before tell what follows
                 if not 0 <= sy < limit:
                     sy, dy = min(max(sy, 0), limit - 1), -dy
                 if not 0 <= sx < limit:
