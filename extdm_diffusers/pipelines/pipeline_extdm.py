@@ -188,6 +188,7 @@ def encode_condition(
     ``"constant_velocity"``: ``prior_motion`` over ``num_pred_frames`` frames is ``FlowAutoencoder.extrapolate``
     from the last two observed frames; ``residual_scaling`` ``"by_frame"`` divides the k-th frame's residual from it
     by k (``residual_scale``). Training and sampling both build the condition here."""
+    check_residual_scaling(residual_scaling, motion_prior, "residual_scaling")  # before the autoencoder's work
     reference = frames[:, num_cond_frames - 1]
     encoded = flow_autoencoder.encode(frames, reference, feature_frames=num_cond_frames)
     occlusion = encoded.occlusion_map if use_occlusion else None
@@ -201,7 +202,6 @@ def encode_condition(
                                      num_pred_frames, motion_prior)
         prior_motion = motion_latents(guess.optical_flow, guess.occlusion_map if use_occlusion else None,
                                       motion_latent_scale)
-    check_residual_scaling(residual_scaling, motion_prior, "residual_scaling")
     residual_scale = None
     if residual_scaling is not None:
         residual_scale = torch.arange(1, num_pred_frames + 1, device=motion.device, dtype=motion.dtype).view(1, 1, -1, 1, 1)

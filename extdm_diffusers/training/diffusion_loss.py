@@ -50,15 +50,15 @@ def denoising_loss(
     (an ``ExtDMDDIMScheduler``: the original's q_sample); the denoiser sees the clean ``cond_motion`` and
     ``cond_features`` (as in ``ExtDMUNet3DModel.forward``) and predicts the noise of the P frames (the
     original), or their velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 when ``scheduler.config.prediction_type`` is
-    ``"v_prediction"``, or the clean motion x0 itself for ``"sample"``. Without ``snr_gamma`` the loss is a plain mean over everything (``F.mse_loss``), as the
-    original: no per-timestep weighting.
+    ``"v_prediction"``, or the clean motion x0 itself for ``"sample"``. Without ``snr_gamma`` the loss is a plain
+    mean over everything (``F.mse_loss``), as the original: no per-timestep weighting.
 
     ``timesteps``: (B,) integers in [0, num_train_timesteps) (the original draws them uniformly) or one int.
     ``noise``: defaults to a standard normal draw with ``generator``.
     ``snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023, diffusers' ``--snr_gamma``): each sample's MSE is
-    weighted by min(SNR(t), γ) / SNR(t) (ε), min(SNR(t), γ) / (SNR(t) + 1) (v) or min(SNR(t), γ) (x0), so the nearly noise-free steps,
-    where the noise is hard to predict and matters little, stop dominating the gradient. ``None`` (the original):
-    the plain mean.
+    weighted by min(SNR(t), γ) / SNR(t) (ε), min(SNR(t), γ) / (SNR(t) + 1) (v) or min(SNR(t), γ) (x0), so the
+    nearly noise-free steps, where the noise is hard to predict and matters little, stop dominating the gradient.
+    ``None`` (the original): the plain mean.
 
     Returns a ``DenoisingLossOutput``: the loss and the prediction it was computed from. On CUDA the timestep
     range is checked on the device (a bad value fails at the next synchronisation), elsewhere before the call.
@@ -84,9 +84,10 @@ def denoising_loss(
     prediction_type = scheduler.config.prediction_type
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"the scheduler's `prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    targets = {"epsilon": lambda: noise, "sample": lambda: clean_motion,
-               "v_prediction": lambda: scheduler.get_velocity(clean_motion, noise, timesteps)}
-    target = targets[prediction_type]()
+    if prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean_motion, noise, timesteps)
+    else:
+        target = clean_motion if prediction_type == "sample" else noise
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
     predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
     if snr_gamma is None:
