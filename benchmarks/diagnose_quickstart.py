@@ -73,7 +73,8 @@ NOTES = {
                           "much digit as the truth; digits that shrink, dissolve or merge lower it",
     "centroid_error_px": "distance in pixels between the intensity centroids of the frame and of the true frame",
     "blob_centroid_error_px": "the same for each of two bright blobs (2-means on intensity-weighted pixel "
-                              "coordinates; SMMNIST's two digits), mean of the two, best pairing",
+                              "coordinates; SMMNIST's two digits), mean of the two, best pairing; left out "
+                              "where the test videos have one digit each",
     "flow_error_px": "mean end-point distance between the motion's sampling grid and the autoencoder's encoding of the "
                      "true frame (relative to the window's reference), in pixels of the frame",
     "occlusion_mae": "mean absolute difference of the occlusion maps in [0, 1]",
@@ -289,18 +290,27 @@ def _summary(values: torch.Tensor, window: int) -> Dict[str, Any]:
     }
 
 
-def predictable_frames(dataset_dir: Path, video_indices: Sequence[int], cond_frames: int,
-                       horizon: int) -> Optional[torch.Tensor]:
-    """(V, horizon) bool: True where no digit of the clip's video has drawn a fresh velocity (SMMNIST's stochastic
-    bounce) since the last observed frame, so that the observed frames determine the true future; None where the
-    test split was not built by the SMMNIST builder (whose draws can be replayed from its build record)."""
+def _smmnist_test_build(dataset_dir: Path) -> Optional[Dict[str, Any]]:
+    """The SMMNIST builder's arguments for the test split (its build record), or None where another builder made it."""
     from extdm_diffusers.data.builders import smmnist
     from extdm_diffusers.data.builders.splits import build_settings
 
     built = build_settings(dataset_dir, "test")
     if built is None or built["generator"] != smmnist.smmnist_rows.__name__:
         return None
-    kwargs = built["kwargs"]
+    return built["kwargs"]
+
+
+def predictable_frames(dataset_dir: Path, video_indices: Sequence[int], cond_frames: int,
+                       horizon: int) -> Optional[torch.Tensor]:
+    """(V, horizon) bool: True where no digit of the clip's video has drawn a fresh velocity (SMMNIST's stochastic
+    bounce) since the last observed frame, so that the observed frames determine the true future; None where the
+    test split was not built by the SMMNIST builder (whose draws can be replayed from its build record)."""
+    from extdm_diffusers.data.builders import smmnist
+
+    kwargs = _smmnist_test_build(dataset_dir)
+    if kwargs is None:
+        return None
     paths = smmnist.split_paths(
         kwargs["num_videos"], kwargs["num_frames"], kwargs["image_size"], seed=kwargs["seed"],
         pool_size=kwargs["pool_size"], digit_size=kwargs["digit_size"], max_speed=kwargs["max_speed"],
@@ -415,6 +425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     mask = predictable_frames(run_dir / "data", clips.video_indices or range(len(clips)), protocol.cond_frames, protocol.pred_frames)
     if mask is not None:
         arrays.update(split_by_predictability(arrays, mask))
+    built = _smmnist_test_build(run_dir / "data")
+    num_digits = built["num_digits"] if built is not None else None
+    if num_digits == 1:  # a 2-means would split the one digit in two; its centroid is centroid_error_px
+        arrays = {key: {n: v for n, v in m.items() if n != "blob_centroid_error_px"} for key, m in arrays.items()}
     # the sections in the order the tables print them, with the number of their first predicted frame
     first_frames = {"frames": 1, "motion_window_1": 1, "motion_window_2_teacher_forced": window + 1,
                     "second_window": window + 1, "frames_predictable": 1, "frames_after_a_fresh_velocity": 1}
@@ -423,7 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "settings": {"num_videos": len(clips), "num_samples": protocol.num_samples, "seed": protocol.seed,
                      "cond_frames": protocol.cond_frames, "window": window, "horizon": protocol.pred_frames,
                      "frame_size": list(batch.shape[-2:]), "num_inference_steps": protocol.num_inference_steps,
-                     "eta": protocol.eta, "use_occlusion": use_occlusion},
+                     "eta": protocol.eta, "use_occlusion": use_occlusion, "num_digits": num_digits},
         "notes": NOTES,
         **summarize(arrays, window, first_frames),
     }

@@ -39,14 +39,14 @@ def test_clamp_keeps_grids_in_the_frame_in_either_convention():
     torch.testing.assert_close(clamped_latents[:, 2:], clamped[:, 2:], rtol=0, atol=0)
 
 
-def _pipeline(scale, motion_prior=None, residual_scaling=None):
+def _pipeline(scale, motion_prior=None, residual_scaling=None, prior_input=False):
     meta, _, _ = load_case("pipeline_wo_ref")
     torch.manual_seed(0)
     autoencoder = FlowAutoencoder(**meta["config"]["flow_params"]["model_params"], sample_size=32).eval()
     config = unet_config_from_original("DenoiseNet_STWAtt_w_wo_ref_adaptor_cross_multi",
                                        **dict(meta["unet_constructor"], pred_num=2))
     unet = ExtDMUNet3DModel(**config, motion_latent_scale=scale, motion_prior=motion_prior,
-                            motion_prior_residual_scaling=residual_scaling).eval()
+                            motion_prior_residual_scaling=residual_scaling, motion_prior_input=prior_input).eval()
     pipe = ExtDMPipeline(autoencoder, unet, ExtDMDDIMScheduler(thresholding=scale is None and motion_prior is None))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -170,6 +170,53 @@ def test_by_frame_scaling_divides_each_frames_residual_by_its_number_and_inverts
     with pytest.raises(ValueError, match="`residual_scaling` must be None or one of .*got 'linear'"):
         encode_condition(_pipeline(4.0).flow_autoencoder, video[:, :3], 3, 3, motion_prior="constant_velocity",
                          num_pred_frames=2, residual_scaling="linear")
+
+
+def test_a_denoiser_that_reads_the_guess_sees_it_beside_the_motion_and_before_the_features():
+    video = torch.rand(2, 5, 3, 32, 32)  # 3 observed + 2 future frames
+    reads, plain = _pipeline(4.0, "constant_velocity", prior_input=True), _pipeline(4.0, "constant_velocity")
+    unet = reads.unet
+    assert unet.conv_in.in_channels == plain.unet.conv_in.in_channels + 3
+    with torch.no_grad():
+        condition = reads.encode_condition(video)
+        sample, t = torch.randn(condition.future_motion.shape, generator=torch.Generator().manual_seed(0)), 500
+        inputs = (sample, t, condition.cond_motion, condition.cond_features)
+        out = unet(*inputs, prior_motion=condition.prior_motion).sample
+        # prepared once per window, as the pipeline does, the guess gives the same step
+        prepared = unet.prepare_condition(condition.cond_motion, condition.cond_features, condition.prior_motion)
+        torch.testing.assert_close(unet(*inputs, condition=prepared).sample, out, rtol=1e-4, atol=1e-5)
+        assert (unet(*inputs, prior_motion=condition.prior_motion + 1).sample - out).abs().max() > 1e-3
+        # conv_in's input channels are [motion, guess, features]: without the guess's weights it is the plain model
+        weights = unet.state_dict()
+        weights["conv_in.weight"] = torch.cat([weights["conv_in.weight"][:, :3], weights["conv_in.weight"][:, 6:]], dim=1)
+        plain.unet.load_state_dict(weights)
+        unet.conv_in.weight[:, 3:6] = 0
+        torch.testing.assert_close(unet(*inputs, prior_motion=condition.prior_motion).sample,
+                                   plain.unet(*inputs).sample, rtol=1e-4, atol=1e-5)
+    # the training loss hands the guess on
+    from extdm_diffusers.training.diffusion_loss import denoising_loss
+
+    noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = denoising_loss(unet, reads.scheduler, condition.denoising_target(), condition.cond_motion,
+                              condition.cond_features, t, noise=noise, prior_motion=condition.prior_motion)
+        noisy = reads.scheduler.add_noise(condition.denoising_target(), noise, torch.tensor([t, t]))
+        torch.testing.assert_close(loss.model_output, unet(noisy, t, condition.cond_motion, condition.cond_features,
+                                                            prior_motion=condition.prior_motion).sample)
+    frames = reads(video[:, :3], num_frames=4, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    assert frames.shape == (2, 4, 3, 32, 32) and torch.isfinite(frames).all()
+    with pytest.raises(ValueError, match="`prior_motion` \\(the guessed window's motion; `motion_prior_input` is True\\) "
+                                         "must have shape \\(B, 3, num_pred_frames, h, w\\) = \\(2, 3, 2, 16, 16\\), got NoneType"):
+        unet(*inputs)
+    with pytest.raises(ValueError, match="`prior_motion` was given, but this model does not read it"):
+        plain.unet(*inputs, prior_motion=condition.prior_motion)
+    small = dict(num_cond_frames=2, num_pred_frames=2, cond_feature_channels=8, base_channels=8, channel_mults=(1, 2),
+                 attention_heads=1, attention_head_dim=8)
+    with pytest.raises(ValueError, match="`motion_prior_input=True` needs a `motion_prior` .*got motion_prior=None"):
+        ExtDMUNet3DModel(motion_prior_input=True, **small)
+    with pytest.raises(ValueError, match="needs .*'none' or 'adaptor', got .*condition_feature_mode='trajectory_attention'"):
+        ExtDMUNet3DModel(motion_prior_input=True, motion_prior="constant_velocity", condition_feature_mode="trajectory_attention",
+                         motion_embedding_channels=8, **small)
 
 
 def test_motion_prior_must_be_known_and_needs_two_observed_frames():

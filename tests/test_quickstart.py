@@ -79,7 +79,7 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
     assert "| `--max_train_steps` | `3` |" in card
     # the data it was trained on, as built: the quick start's is not the benchmark's SMMNIST
     assert ("The training split as built (`train/extdm_build.json`): `smmnist_rows` with `source` \"bundled\", "
-            "`num_frames` 20, `image_size` 32, `digit_size` 16, `max_speed` 1, `num_digits` 2, `moving_digits` true, "
+            "`num_frames` 20, `image_size` 32, `digit_size` 16, `max_speed` 1, `num_digits` 1, `moving_digits` true, "
             "`bounce` \"random\", `num_videos` 24") in card
     for picture in ("predictions.gif", "per_frame.png"):
         assert f"]({picture})" in card and (out / "pipeline" / picture).is_file()
@@ -102,12 +102,15 @@ def test_quickstart_resumes_after_a_kill_and_writes_every_artefact(tmp_path, cap
 
 def test_quickstart_data_defaults_move_every_digit_at_one_pixel_a_frame_and_say_so():
     args = parse_args([])
-    assert (args.max_speed, args.moving_digits, args.digit_size, args.frame_size) == (1, True, 16, 32)
+    assert (args.max_speed, args.moving_digits, args.digit_size, args.frame_size, args.num_digits) == (1, True, 16, 32, 1)
+    assert data_description(args).startswith("the data: 1 digit of 16 px in 32 x 32 frames")
+    assert "the paper's SMMNIST: 2 digits of 32 px" in data_description(args)
+    assert "the data: 2 digits of 16 px" in data_description(parse_args(["--num_digits", "2"]))
     assert "at most 1 px a frame, every digit moving" in data_description(args)
     assert "up to 4 px a frame" in data_description(args)  # beside the paper's
     own = parse_args(["--no-moving_digits", "--max_speed", "2"])
     assert not own.moving_digits and "at most 2 px a frame, a digit drawn at rest stays at rest" in data_description(own)
-    assert parse_args(["--preset", "long"]).max_speed == 1  # the long preset keeps the data
+    assert (parse_args(["--preset", "long"]).max_speed, parse_args(["--preset", "long"]).num_digits) == (1, 1)  # the long preset keeps the data
     assert "a fresh random velocity at a wall, as in SMMNIST" in data_description(args) and args.bounce == "random"
     assert "mirrored at a wall (Moving MNIST's" in data_description(parse_args(["--bounce", "reflect"]))
 
@@ -122,6 +125,8 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
     assert "motion_prior_residual_scaling" not in config  # one scale for every frame unless asked
     scaled = denoiser_config(parse_args(["--dm_residual_scaling", "by_frame"]))
     assert scaled["motion_prior_residual_scaling"] == "by_frame"
+    assert "motion_prior_input" not in config  # reads only the motion measured from the guess unless asked
+    assert denoiser_config(parse_args(["--dm_motion_prior_input"]))["motion_prior_input"] is True
     # the saved pipeline's denoiser measures its motion from that guess
     from extdm_diffusers import ExtDMUNet3DModel
 
@@ -130,6 +135,7 @@ def test_quickstart_denoiser_refines_a_reflected_constant_velocity_guess_and_the
     reloaded = ExtDMUNet3DModel.from_pretrained(tmp_path / "unet")
     assert (reloaded.config.motion_prior, reloaded.config.motion_latent_scale) == ("constant_velocity_reflected", 20.0)
     assert reloaded.config.motion_prior_residual_scaling is None
+    assert reloaded.config.motion_prior_input is False
 
 
 def test_quickstart_autoencoder_warps_without_occlusion_maps_by_default():

@@ -186,6 +186,11 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         motion_prior_residual_scaling: ``None`` (one scale for every frame) or ``"by_frame"``: with a
             ``motion_prior``, the k-th predicted frame's residual is divided by k before it is denoised (the
             pipeline converts; the network never reads it).
+        motion_prior_input: with a ``motion_prior``, also read the guess itself: conv_in takes 3 more channels,
+            the observed frames' motion followed by the guessed window's (``prior_motion`` of ``forward`` and
+            ``prepare_condition``), so that the network sees what it corrects and need not rebuild the guess
+            from the observed motion. Modes ``"none"`` and ``"adaptor"`` (the guess joins the step-invariant
+            ``conv_in_term``).
     """
 
     _supports_gradient_checkpointing = True
@@ -230,10 +235,15 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         motion_latent_scale: Optional[float] = None,
         motion_prior: Optional[str] = None,
         motion_prior_residual_scaling: Optional[str] = None,
+        motion_prior_input: bool = False,
     ):
         super().__init__()
         check_motion_prior(motion_prior, num_cond_frames)
         check_residual_scaling(motion_prior_residual_scaling, motion_prior)
+        if motion_prior_input and (motion_prior is None or condition_feature_mode == "trajectory_attention"):
+            raise ValueError(
+                "`motion_prior_input=True` needs a `motion_prior` and `condition_feature_mode` 'none' or 'adaptor', got "
+                f"motion_prior={motion_prior!r}, condition_feature_mode={condition_feature_mode!r}")
         if motion_latent_scale is not None and not motion_latent_scale > 0:
             raise ValueError(f"`motion_latent_scale` must be a positive number or None, got {motion_latent_scale!r}")
         if condition_feature_mode not in CONDITION_FEATURE_MODES:
@@ -290,8 +300,9 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             self.condition_adaptor = make_adaptor(cond_feature_channels)
             self.condition_temporal_attention = TemporalAttention(cond_feature_channels, attention_heads, attention_head_dim, rotary)
 
+        prior_width = MOTION_CHANNELS if motion_prior_input else 0
         self.conv_in = FrameConv3d(
-            motion_width + cond_feature_channels, init_channels, (1, init_kernel_size, init_kernel_size),
+            motion_width + prior_width + cond_feature_channels, init_channels, (1, init_kernel_size, init_kernel_size),
             padding=(0, init_kernel_size // 2, init_kernel_size // 2),
         )
         self.temporal_attention_in = TemporalAttention(init_channels, attention_heads, attention_head_dim, rotary)
@@ -372,8 +383,22 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         motion = motion.contiguous(memory_format=CHANNELS_LAST)
         return motion if self.config.motion_embedding_channels is None else self.motion_embedding(motion)
 
+    def _check_prior_motion(self, prior_motion: Optional[torch.Tensor], cond_motion: torch.Tensor) -> None:
+        """``prior_motion`` is given exactly when the model reads it (``motion_prior_input``), (B, 3, P, h, w)."""
+        cfg = self.config
+        if not cfg.motion_prior_input:
+            if prior_motion is not None:
+                raise ValueError("`prior_motion` was given, but this model does not read it (`motion_prior_input` is False)")
+            return
+        expected = (cond_motion.shape[0], MOTION_CHANNELS, cfg.num_pred_frames, *cond_motion.shape[-2:])
+        if not isinstance(prior_motion, torch.Tensor) or tuple(prior_motion.shape) != expected:
+            got = tuple(prior_motion.shape) if isinstance(prior_motion, torch.Tensor) else type(prior_motion).__name__
+            raise ValueError(f"`prior_motion` (the guessed window's motion; `motion_prior_input` is True) must have shape "
+                             f"(B, 3, num_pred_frames, h, w) = {expected}, got {got}")
+
     def _condition_terms(
-        self, cond_motion: torch.Tensor, cond_features: torch.Tensor, dtype: torch.dtype
+        self, cond_motion: torch.Tensor, cond_features: torch.Tensor, dtype: torch.dtype,
+        prior_motion: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``conv_in_term`` and ``position_bias`` of ``ExtDMUNet3DCondition``, computed in ``dtype``."""
         m, size = self.num_observed, tuple(cond_motion.shape[-2:])
@@ -384,8 +409,11 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             observed_features = self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST)
             return self.conv_in(torch.cat([motion, observed_features], dim=1)), position_bias
         features = self._prepare_features(features, size, position_bias)
+        if self.config.motion_prior_input:  # the observed motion, then the guess: one track over all frames
+            track = torch.cat([cond_motion[:, :, :m], prior_motion], dim=2).to(dtype)
+            features = torch.cat([track.contiguous(memory_format=CHANNELS_LAST), features], dim=1)
         motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
-        return self.conv_in(features, input_channels=slice(motion_width, None)), position_bias
+        return self.conv_in(features.contiguous(memory_format=CHANNELS_LAST), input_channels=slice(motion_width, None)), position_bias
 
     def _block_sizes(self, motion_size) -> List[Tuple[int, int, int]]:
         """(frames, h, w) at which each block runs: the down blocks, the middle block, the up blocks."""
@@ -398,18 +426,21 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         return down + [down[-1]] + down[::-1]
 
     @apply_offload_hooks  # moves the model where `enable_model_cpu_offload` runs it, before its first use
-    def prepare_condition(self, cond_motion: torch.Tensor, cond_features: torch.Tensor) -> ExtDMUNet3DCondition:
-        """Everything ``forward`` computes from ``cond_motion`` and ``cond_features`` alone, in ``cond_motion``'s
-        dtype. A pipeline calls it once per window and passes the result, with these same tensors, to every
-        denoising step: ``forward(sample, t, cond_motion, cond_features, condition=...)``."""
+    def prepare_condition(self, cond_motion: torch.Tensor, cond_features: torch.Tensor,
+                          prior_motion: Optional[torch.Tensor] = None) -> ExtDMUNet3DCondition:
+        """Everything ``forward`` computes from ``cond_motion`` and ``cond_features`` (and ``prior_motion``, the
+        guess, where ``motion_prior_input``) alone, in ``cond_motion``'s dtype. A pipeline calls it once per window
+        and passes the result, with these same tensors, to every denoising step:
+        ``forward(sample, t, cond_motion, cond_features, condition=...)``."""
         cfg = self.config
         for name, tensor, channels, frames in (("cond_motion", cond_motion, MOTION_CHANNELS, cfg.num_cond_frames),
                                                ("cond_features", cond_features, cfg.cond_feature_channels, self.num_feature_frames)):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tuple(tensor.shape[1:3]) != (channels, frames):
                 got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise ValueError(f"`{name}` must have shape (B, {channels}, {frames}, ...), got {got}")
+        self._check_prior_motion(prior_motion, cond_motion)
         batch, device, dtype = cond_motion.shape[0], cond_motion.device, cond_motion.dtype
-        conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
+        conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype, prior_motion)
         blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
         window_mask = tuple(block.window_attention_mask(size, batch, device, dtype)
                             for block, size in zip(blocks, self._block_sizes(cond_motion.shape[-2:])))
@@ -452,6 +483,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         cond_features: torch.Tensor,
         return_dict: bool = True,
         condition: Optional[ExtDMUNet3DCondition] = None,
+        prior_motion: Optional[torch.Tensor] = None,
     ) -> Union[ExtDMUNet3DOutput, Tuple[torch.Tensor]]:
         """
         Args:
@@ -462,6 +494,8 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             cond_features: (B, F, num_feature_frames, h', w') bottleneck features; resized to (h, w) here.
             condition: ``prepare_condition(cond_motion, cond_features)``: the work that does not change across
                 denoising steps, done once. ``None`` computes it here (training).
+            prior_motion: (B, 3, P, h, w) the guessed window's motion, in the units of ``cond_motion``: needed
+                where ``motion_prior_input`` and ``condition`` is None (else ``prepare_condition`` took it).
         """
         self._check_inputs(sample, cond_motion, cond_features)
         batch, num_observed = sample.shape[0], self.num_observed
@@ -474,7 +508,8 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         if condition is None:
             # the condition joins the noisy sample (trajectory mode) or the motion of all frames in their dtype
             dtype = sample.dtype if trajectory else torch.promote_types(cond_motion.dtype, sample.dtype)
-            conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype)
+            self._check_prior_motion(prior_motion, cond_motion)
+            conv_in_term, position_bias = self._condition_terms(cond_motion, cond_features, dtype, prior_motion)
             window_mask = (None,) * (len(self.down_blocks) + 1 + len(self.up_blocks))  # each layer builds its own
         else:
             self._check_condition(condition, sample)

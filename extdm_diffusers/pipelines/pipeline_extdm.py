@@ -547,8 +547,9 @@ class ExtDMPipeline(DiffusionPipeline):
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         cond_motion = condition.cond_motion.to(dtype)
         cond_features = condition.cond_features.to(dtype)
+        prior_motion = condition.prior_motion.to(dtype) if self.unet.config.motion_prior_input else None
         # what the U-Net computes from the condition alone: once per window, not at every step
-        unet_condition = self.unet.prepare_condition(cond_motion, cond_features)
+        unet_condition = self.unet.prepare_condition(cond_motion, cond_features, prior_motion)
         finite = []  # checked once the window is done: a check per step would wait for the device at every step
         for i, t in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(sample, t)

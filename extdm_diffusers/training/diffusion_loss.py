@@ -42,6 +42,7 @@ def denoising_loss(
     noise: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
     snr_gamma: Optional[float] = None,
+    prior_motion: Optional[torch.Tensor] = None,
 ) -> DenoisingLossOutput:
     """MSE of the predicted noise (or velocity, or clean motion, per the scheduler's ``prediction_type``) on the
     predicted frames.
@@ -55,6 +56,7 @@ def denoising_loss(
 
     ``timesteps``: (B,) integers in [0, num_train_timesteps) (the original draws them uniformly) or one int.
     ``noise``: defaults to a standard normal draw with ``generator``.
+    ``prior_motion``: the guessed window's motion, for a denoiser that reads it (``motion_prior_input``).
     ``snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023, diffusers' ``--snr_gamma``): each sample's MSE is
     weighted by min(SNR(t), γ) / SNR(t) (ε), min(SNR(t), γ) / (SNR(t) + 1) (v) or min(SNR(t), γ) (x0), so the
     nearly noise-free steps, where the noise is hard to predict and matters little, stop dominating the gradient.
@@ -89,7 +91,8 @@ def denoising_loss(
     else:
         target = clean_motion if prediction_type == "sample" else noise
     noisy = scheduler.add_noise(clean_motion, noise, timesteps)
-    predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features).sample
+    prior = {} if prior_motion is None else {"prior_motion": prior_motion}  # stock denoisers take no such argument
+    predicted = unet(noisy, timesteps, cond_motion=cond_motion, cond_features=cond_features, **prior).sample
     if snr_gamma is None:
         return DenoisingLossOutput(loss=F.mse_loss(predicted, target), model_output=predicted)
     snr = compute_snr(scheduler, timesteps)

@@ -234,8 +234,10 @@ class DenoiserTask(TrainingTask):
         noise = torch.randn(target.shape, generator=generator, device=self.device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (target.shape[0],),
                                   generator=generator, device=self.device)
+        prior = condition.prior_motion.float() if self.unet_config.get("motion_prior_input") else None
         output = denoising_loss(model, self.noise_scheduler, target, condition.cond_motion.float(),
-                                condition.cond_features.float(), timesteps, noise=noise, snr_gamma=self.args.snr_gamma)
+                                condition.cond_features.float(), timesteps, noise=noise, snr_gamma=self.args.snr_gamma,
+                                prior_motion=prior)
         if last_micro and self.logs_at(step + 1):
             self._kept = (condition, noise, timesteps, output.model_output.detach(), frames[:, self.num_cond:])
         return {"loss": output.loss}
