@@ -225,6 +225,9 @@ def main():
                         help="with --original: the original's, as its scripts run (default) or 'reuse'")
     parser.add_argument("--no_fused", dest="fused", action="store_false",
                         help="our optimizers without fused=True (torch's CPU default, the original's), to measure it")
+    parser.add_argument("--mixed_precision", choices=["no", "bf16"], default="no",
+                        help="ours under bf16 autocast, as the training scripts' --mixed_precision bf16 runs them "
+                             "(accelerate's autocast; weights and optimizer stay fp32); the original stays fp32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,7 +239,8 @@ def main():
     mallocs = {"ours": args.malloc, "original": args.original_malloc if args.original else args.malloc}
     use_malloc = malloc_setter(mallocs)
     results = {"benchmark": bench.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "malloc": mallocs}
+               "malloc": mallocs, "mixed_precision": args.mixed_precision}
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")  # noqa: E731
 
     ae = FlowAutoencoder(**bench.flow_autoencoder_config()).to(device)
     size, cond, pred = bench.frame_size, bench.train_cond_frames, bench.train_pred_frames
@@ -247,11 +251,17 @@ def main():
         scheduler = ExtDMDDIMScheduler()
         clips = torch.rand(args.batch_size, cond + pred, 3, size, size, device=device)
 
+        # as train_dm.py runs it: the frozen autoencoder in the mixed-precision dtype, the U-Net's forward in autocast
+        frozen_dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
+        frozen_ae = ae if frozen_dtype == torch.float32 else copy.deepcopy(ae).to(frozen_dtype)
+
         def dm_step():
             with torch.no_grad():
-                c = encode_condition(ae, clips, cond, unet.num_feature_frames, True)
+                c = encode_condition(frozen_ae, clips.to(frozen_dtype), cond, unet.num_feature_frames, True)
             t = torch.randint(0, 1000, (clips.shape[0],), device=device)
-            loss = denoising_loss(unet, scheduler, c.future_motion, c.cond_motion, c.cond_features, t).loss
+            with autocast():
+                loss = denoising_loss(unet, scheduler, c.future_motion.float(), c.cond_motion.float(),
+                                      c.cond_features.float(), t).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -276,7 +286,9 @@ def main():
         source, driving = (torch.rand(batch, 3, size, size, device=device) for _ in range(2))
 
         def ae_step():
-            loss_fn(ae, source, driving)["loss"].backward()
+            with autocast():
+                loss = loss_fn(ae, source, driving)["loss"]
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

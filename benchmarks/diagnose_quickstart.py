@@ -1,6 +1,6 @@
 """Where a quick start's prediction loses: the autoencoder's ceiling, the denoiser's motion, the rollout's second window.
 
-    python benchmarks/diagnose_quickstart.py --run_dir runs/quickstart [--num_videos 32] [--seed 0] [--num_samples 1]
+    python benchmarks/diagnose_quickstart.py --run_dir runs/quickstart [--num_videos 32] [--seed N] [--num_samples 1]
 
 On the run's held-out test videos, picked and seeded as the evaluation picks and seeds them, per predicted frame and
 per window (a window is the denoiser's ``num_pred_frames``; the horizon is the quick start's ``--eval_pred_frames``):
@@ -97,7 +97,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num_videos", type=int, default=32,
                         help="held-out videos, picked from the test split as the evaluation picks its clips (the "
                              "evaluation's clips and seeds when it is the run's --num_test_videos)")
-    parser.add_argument("--seed", type=int, default=0, help="the evaluation's --seed: sample seeds as it draws them")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the evaluation's --seed: sample seeds as it draws them (default: the run's own --seed)")
     parser.add_argument("--num_samples", type=int, default=1, help="samples per video (metrics: their mean)")
     parser.add_argument("--batch_size", type=int, default=16, help="videos per batch")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -396,7 +397,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     settings = _run_settings(run_dir)
     config = EvaluationConfig(
         pipeline=str(run_dir / "pipeline"), dataset_dir=str(run_dir / "data"), num_videos=args.num_videos,
-        num_samples=args.num_samples, seed=args.seed, num_inference_steps=settings["num_inference_steps"],
+        num_samples=args.num_samples, seed=settings["seed"] if args.seed is None else args.seed,
+        num_inference_steps=settings["num_inference_steps"],
         cond_frames=settings["cond_frames"], pred_frames=settings["eval_pred_frames"],
     )
     protocol = config.protocol()

@@ -51,7 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="extdm-quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/quickstart")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default: within 15 minutes on 2 CPU cores; long: about 80 minutes, more and larger steps "
+                        help="default: within 15 minutes on 2 CPU cores; long: 40-80 minutes there, more and larger steps "
                              "(docs/results.md)")
     data = parser.add_argument_group("data (a small SMMNIST)")
     data.add_argument("--num_train_videos", type=int, default=2000)
@@ -115,6 +115,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument("--ae_batch_size", type=int, default=32, help="frame pairs per autoencoder step")
     train.add_argument("--dm_batch_size", type=int, default=8, help="clips per denoiser step")
     train.add_argument("--checkpointing_steps", type=int, default=200)
+    train.add_argument("--mixed_precision", default="no", choices=("no", "bf16"),
+                       help="both trainings' --mixed_precision: bf16 autocast (weights and optimizer states stay fp32), "
+                            "faster only where the CPU has bf16 instructions (AVX512-BF16, AMX); the evaluation runs "
+                            "in fp32")
     train.add_argument("--num_inference_steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     preset = parser.parse_known_args(argv)[0].preset
@@ -189,6 +193,7 @@ def _training_argv(args, out: Path, stage_dir: Path, steps: int, learning_rate: 
         "--seed", str(args.seed),
         "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "1",
         "--resume_from_checkpoint", "latest", "--validation_steps", str(10 * steps), "--report_to", "none",
+        "--mixed_precision", args.mixed_precision,
     ]
 
 

@@ -149,3 +149,16 @@ def test_quickstart_autoencoder_warps_without_occlusion_maps_by_default():
     # read from a config without building the model (what the evaluation does with a saved pipeline)
     assert FlowAutoencoder.config_estimates_occlusion(autoencoder_config(default)["generator_params"]) is False
     assert FlowAutoencoder.config_estimates_occlusion(autoencoder_config(paper)["generator_params"]) is True
+
+
+def test_quickstart_passes_mixed_precision_to_both_trainings(tmp_path, capsys):
+    from extdm_diffusers.quickstart import _training_argv
+
+    assert parse_args([]).mixed_precision == "no"  # fp32: bf16 is slower without bf16 instructions (AVX2 only)
+    for value in ("no", "bf16"):
+        argv = _training_argv(parse_args(["--mixed_precision", value]), tmp_path, tmp_path / "stage", 1, 1e-3,
+                              "constant", 2, {})
+        assert argv[argv.index("--mixed_precision") + 1] == value
+    with pytest.raises(SystemExit):
+        parse_args(["--mixed_precision", "fp16"])  # fp16 autocast is not offered on the CPU
+    assert "--mixed_precision: invalid choice: 'fp16'" in capsys.readouterr().err

@@ -240,6 +240,28 @@ def test_seed_defaults_to_the_registry_and_gradient_checkpointing_trains_both(wo
     assert result["global_step"] == 1 and np.isfinite(result["loss"])
 
 
+def test_bf16_mixed_precision_trains_both_on_the_cpu_and_keeps_fp32_weights(workspace, tmp_path):
+    """--mixed_precision bf16 (the quick start's --mixed_precision): accelerate's CPU autocast runs the forward passes
+    in bf16, the frozen autoencoder is cast to bf16, the trained weights and their saved files stay fp32."""
+    from safetensors.torch import load_file
+
+    from extdm_diffusers.training import train_dm, train_flow_ae
+
+    losses = {}
+    for precision in ("no", "bf16"):
+        ae = train_flow_ae.main(ae_argv(workspace, tmp_path / f"ae-{precision}", "--max_train_steps", "1",
+                                        "--mixed_precision", precision))
+        dm = train_dm.main(dm_argv(workspace, tmp_path / f"dm-{precision}", "--max_train_steps", "1", "--seed", "3",
+                                   "--mixed_precision", precision))
+        losses[precision] = (ae["loss"], dm["loss"])
+        weights = load_file(str(tmp_path / f"ae-{precision}" / "diffusion_pytorch_model.safetensors"))
+        weights.update(unet_state(tmp_path / f"dm-{precision}"))
+        assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float32}
+    for fp32, bf16 in zip(losses["no"], losses["bf16"]):
+        assert np.isfinite(bf16) and bf16 != fp32  # the same seed and data: only the arithmetic's precision differs
+        assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
 @pytest.mark.parametrize("script, extra, message", [
     ("dm", ["--benchmark", "nope"], "--benchmark"),
     ("ae", ["--benchmark", "nope"], "--benchmark"),

@@ -131,6 +131,11 @@ def make_accelerator(args: argparse.Namespace):
     kwargs = {}
     if args.mixed_precision is not None:
         kwargs["mixed_precision"] = args.mixed_precision
+    # accelerate keeps one AcceleratorState per process and refuses another mixed precision for a later run in the
+    # same process (the quick start, a notebook): each run starts its own, keeping the processes' distributed state
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # split_batches: the loader yields global batches (each process takes its slice) and the prepared LR
     # schedule steps once per optimizer step, so both stay what one process would see
     return Accelerator(log_with=None if args.report_to == "none" else args.report_to, project_config=project,
