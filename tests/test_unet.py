@@ -155,3 +155,21 @@ def test_prepared_condition_gives_the_same_noise(case):
             call(model, t, condition=other)
         with pytest.raises(ValueError, match="`cond_features` must have shape"):
             model.prepare_condition(t["inputs.cond_frames"], t["inputs.cond_fea"][:, :, :2])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_step_with_a_prepared_condition_convolves_the_future_frames_only(case):
+    """conv_in (and the motion embedding) work frame by frame, and the observed frames' motion does not change
+    across denoising steps: with a prepared condition a step feeds them the P noisy future frames only."""
+    _, t, _, model = build(case)
+    seen = {}
+    layers = {"conv_in": model.conv_in, "motion_embedding": getattr(model, "motion_embedding", None)}
+    hooks = [layer.register_forward_hook(lambda module, args, out, name=name: seen.setdefault(name, []).append(args[0].shape[2]))
+             for name, layer in layers.items() if layer is not None]
+    with torch.no_grad():
+        condition = model.prepare_condition(t["inputs.cond_frames"], t["inputs.cond_fea"])
+        seen.clear()
+        call(model, t, condition=condition)
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(frames == [model.config.num_pred_frames] for frames in seen.values()), seen

@@ -71,9 +71,11 @@ class ExtDMUNet3DCondition:
     and reuses at every denoising step of that window: nothing here depends on the noisy sample or the timestep.
 
     conv_in_term: conv_in's share of the condition. Modes ``"none"`` and ``"adaptor"``: the prepared features'
-        term with the bias (conv_in is linear in its input channels), (B, init_channels, M + P, h, w).
-        ``"trajectory_attention"``: conv_in's whole output over the M observed frames, (B, init_channels, M, h, w)
-        (only the future frames' features depend on the noisy sample there).
+        term with the bias (conv_in is linear in its input channels, and its (1, k, k) kernel works frame by
+        frame), plus over the M observed frames their motion's term: all of conv_in's output but the noisy
+        future motion's term, (B, init_channels, M + P, h, w). ``"trajectory_attention"``: conv_in's whole output
+        over the M observed frames, (B, init_channels, M, h, w) (only the future frames' features depend on the
+        noisy sample there).
     position_bias: (heads, M + P, M + P) the temporal attention's relative position bias.
     window_attention_mask: per block (down blocks, middle block, up blocks) the shift masks of its two window
         attention layers, None where a layer's windows are not shifted (see
@@ -413,7 +415,12 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             track = torch.cat([cond_motion[:, :, :m], prior_motion], dim=2).to(dtype)
             features = torch.cat([track.contiguous(memory_format=CHANNELS_LAST), features], dim=1)
         motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
-        return self.conv_in(features.contiguous(memory_format=CHANNELS_LAST), input_channels=slice(motion_width, None)), position_bias
+        term = self.conv_in(features.contiguous(memory_format=CHANNELS_LAST), input_channels=slice(motion_width, None))
+        # the observed frames' motion does not change across denoising steps: its (embedding and) conv_in term
+        # joins the condition, and each step convolves the future frames' motion only
+        observed_motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
+        observed = self.conv_in(observed_motion, input_channels=slice(0, motion_width), add_bias=False) + term[:, :, :m]
+        return torch.cat([observed, term[:, :, m:]], dim=2).contiguous(memory_format=CHANNELS_LAST), position_bias
 
     def _block_sizes(self, motion_size) -> List[Tuple[int, int, int]]:
         """(frames, h, w) at which each block runs: the down blocks, the middle block, the up blocks."""
@@ -521,8 +528,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             future = self.conv_in(torch.cat([future_motion, features], dim=1))
             x = torch.cat([conv_in_term, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
         else:
-            motion = self._embed_motion(torch.cat([cond_motion[:, :, :num_observed], sample], dim=2))
-            x = self.conv_in(motion, input_channels=slice(0, motion.shape[1]), add_bias=False) + conv_in_term
+            future_motion = self._embed_motion(sample)
+            future = self.conv_in(future_motion, input_channels=slice(0, future_motion.shape[1]), add_bias=False)
+            x = torch.cat([conv_in_term[:, :, :num_observed], future + conv_in_term[:, :, num_observed:]], dim=2)
+            x = x.contiguous(memory_format=CHANNELS_LAST)
         initial = x
         x = self.temporal_attention_in(x, position_bias)
         temb = self.time_embedding(self.time_proj(timesteps).to(x.dtype))
