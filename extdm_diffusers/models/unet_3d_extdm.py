@@ -406,19 +406,18 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         m, size = self.num_observed, tuple(cond_motion.shape[-2:])
         position_bias = self.time_position_bias(self.num_feature_frames, cond_motion.device)
         features = cond_features.to(dtype)
+        # the observed frames' motion does not change across denoising steps: its embedding and conv_in term join
+        # the condition, and each step convolves the future frames' motion only
+        observed_motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
         if self.config.condition_feature_mode == "trajectory_attention":
-            motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
             observed_features = self._resize_features(features[:, :, :m], size).contiguous(memory_format=CHANNELS_LAST)
-            return self.conv_in(torch.cat([motion, observed_features], dim=1)), position_bias
+            return self.conv_in(torch.cat([observed_motion, observed_features], dim=1)), position_bias
         features = self._prepare_features(features, size, position_bias)
         if self.config.motion_prior_input:  # the observed motion, then the guess: one track over all frames
             track = torch.cat([cond_motion[:, :, :m], prior_motion], dim=2).to(dtype)
             features = torch.cat([track.contiguous(memory_format=CHANNELS_LAST), features], dim=1)
         motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
         term = self.conv_in(features.contiguous(memory_format=CHANNELS_LAST), input_channels=slice(motion_width, None))
-        # the observed frames' motion does not change across denoising steps: its (embedding and) conv_in term
-        # joins the condition, and each step convolves the future frames' motion only
-        observed_motion = self._embed_motion(cond_motion[:, :, :m].to(dtype))
         observed = self.conv_in(observed_motion, input_channels=slice(0, motion_width), add_bias=False) + term[:, :, :m]
         return torch.cat([observed, term[:, :, m:]], dim=2).contiguous(memory_format=CHANNELS_LAST), position_bias
 
@@ -521,14 +520,13 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
         else:
             self._check_condition(condition, sample)
             conv_in_term, position_bias, window_mask = condition.conv_in_term, condition.position_bias, condition.window_attention_mask
+        future_motion = self._embed_motion(sample)
         if trajectory:
-            future_motion = self._embed_motion(sample)
             features = self.trajectory_attention(future_motion, cond_features.to(sample.dtype))
             features = self._resize_features(features, sample.shape[-2:]).contiguous(memory_format=CHANNELS_LAST)
             future = self.conv_in(torch.cat([future_motion, features], dim=1))
             x = torch.cat([conv_in_term, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
         else:
-            future_motion = self._embed_motion(sample)
             future = self.conv_in(future_motion, input_channels=slice(0, future_motion.shape[1]), add_bias=False)
             x = torch.cat([conv_in_term[:, :, :num_observed], future + conv_in_term[:, :, num_observed:]], dim=2)
             x = x.contiguous(memory_format=CHANNELS_LAST)
