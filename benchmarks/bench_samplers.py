@@ -17,7 +17,9 @@ interval on the reference's side of zero and diversity within 10%.
 Resumable: ``--output`` is rewritten after every setting and a rerun skips the settings it holds; an interrupted
 setting continues from its committed clips. ``--dtype bfloat16`` runs the pipeline in bf16, ``--autocast
 bfloat16`` keeps fp32 weights under ``torch.autocast``; the reference always runs in float32 without autocast, so
-the paired differences of ``ddim_original`` 10 in bf16 are bf16's effect on quality.
+the paired differences of ``ddim_original`` 10 in bf16 are bf16's effect on quality. ``--etas 0 0.5`` adds DDIM's
+noise level as a dimension for the schedulers whose step takes one (``ddim_original``, ``ddim``: key ``ddim-5-eta0.5``);
+the reference keeps the protocol's eta.
 """
 
 from __future__ import annotations
@@ -36,24 +38,34 @@ from extdm_diffusers.evaluation import records
 from extdm_diffusers.evaluation.config import AUTOCAST_DTYPES, DTYPES, FRAME_METRICS
 from extdm_diffusers.evaluation.statistics import best_sample_curves, paired_difference
 from extdm_diffusers.file_io import atomic_path, atomic_write_text
-from extdm_diffusers.schedulers import SCHEDULER_NAMES
+from extdm_diffusers.schedulers import SCHEDULER_NAMES, scheduler_takes_eta
 
 REFERENCE = ("ddim_original", 10)
 DIVERSITY_TOLERANCE = 0.10
 
 
-def setting_key(scheduler: str, steps: int, dtype: str = "float32", autocast: Optional[str] = None) -> str:
-    return f"{scheduler}-{steps}" + ("" if dtype == "float32" else f"-{dtype}") + (f"-autocast_{autocast}" if autocast else "")
+def setting_key(scheduler: str, steps: int, dtype: str = "float32", autocast: Optional[str] = None,
+                eta: Optional[float] = None) -> str:
+    """``eta`` None: the protocol's (the key names an eta only where one was asked for)."""
+    return (f"{scheduler}-{steps}" + ("" if eta is None else f"-eta{eta:g}") + ("" if dtype == "float32" else f"-{dtype}")
+            + (f"-autocast_{autocast}" if autocast else ""))
 
 
-def settings_to_run(schedulers: Sequence[str], steps: Sequence[int], dtype: str, autocast: Optional[str]) -> List[Dict[str, Any]]:
-    """The reference first (float32), then every scheduler x steps in the asked dtype."""
-    out = [{"scheduler": REFERENCE[0], "steps": REFERENCE[1], "dtype": "float32", "autocast": None}]
+def _key(setting: Dict[str, Any]) -> str:
+    return setting_key(setting["scheduler"], setting["steps"], setting["dtype"], setting["autocast"], setting.get("eta"))
+
+
+def settings_to_run(schedulers: Sequence[str], steps: Sequence[int], dtype: str, autocast: Optional[str],
+                    etas: Optional[Sequence[float]] = None) -> List[Dict[str, Any]]:
+    """The reference first (float32, the protocol's eta), then every scheduler x steps (x eta, for the schedulers
+    whose step takes one, where ``etas`` are given) in the asked dtype."""
+    out = [{"scheduler": REFERENCE[0], "steps": REFERENCE[1], "dtype": "float32", "autocast": None, "eta": None}]
     for scheduler in schedulers:
-        for k in steps:
-            setting = {"scheduler": scheduler, "steps": k, "dtype": dtype, "autocast": autocast}
-            if setting != out[0]:
-                out.append(setting)
+        for eta in (etas if etas and scheduler_takes_eta(scheduler) else [None]):
+            for k in steps:
+                setting = {"scheduler": scheduler, "steps": k, "dtype": dtype, "autocast": autocast, "eta": eta}
+                if setting != out[0]:
+                    out.append(setting)
     return out
 
 
@@ -98,7 +110,7 @@ def setting_config(args: argparse.Namespace, setting: Dict[str, Any], folder: Pa
     return EvaluationConfig(
         pipeline=args.pipeline, dataset_dir=args.dataset_dir, benchmark=args.benchmark, output_dir=str(folder),
         num_videos=args.num_videos, num_samples=args.num_samples, seed=args.seed, pred_frames=args.pred_frames,
-        scheduler=setting["scheduler"], num_inference_steps=setting["steps"], batch_size=args.batch_size,
+        scheduler=setting["scheduler"], num_inference_steps=setting["steps"], eta=setting.get("eta"), batch_size=args.batch_size,
         no_fvd=True, no_lpips=args.lpips_weights is None, lpips_weights=args.lpips_weights, no_baselines=True,
         num_gifs=0, device=args.device, dtype=setting["dtype"], autocast=setting["autocast"],
     )
@@ -116,6 +128,11 @@ def run_setting(args: argparse.Namespace, setting: Dict[str, Any], folder: Path)
             "videos_timed": evaluated}
 
 
+def _series(row: Dict[str, Any]) -> str:
+    """A plotted line: one scheduler, at one eta where the study asked for one."""
+    return row["scheduler"] + ("" if row.get("eta") is None else f" eta {row['eta']:g}")
+
+
 def plot(results: Dict[str, Any], path: Path) -> None:
     """PSNR and SSIM (mean of samples solid, best of N dashed, both marked at every setting; filled where the
     setting holds) against denoiser calls per video, one line per scheduler, the reference as horizontal lines."""
@@ -130,11 +147,11 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     all_calls = sorted({s["denoiser_calls_per_video"] for s in settings.values()})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric in zip(axes, ("psnr", "ssim")):
-        for scheduler in dict.fromkeys(s["scheduler"] for s in settings.values()):
-            rows = sorted((s for s in settings.values() if s["scheduler"] == scheduler and metric in s),
+        for series in dict.fromkeys(_series(s) for s in settings.values()):
+            rows = sorted((s for s in settings.values() if _series(s) == series and metric in s),
                           key=lambda s: s["denoiser_calls_per_video"])
             calls = [s["denoiser_calls_per_video"] for s in rows]
-            line, = ax.plot(calls, [s[metric]["mean_of_samples"]["mean"] for s in rows], "-", label=scheduler)
+            line, = ax.plot(calls, [s[metric]["mean_of_samples"]["mean"] for s in rows], "-", label=series)
             colour = line.get_color()
             ax.plot(calls, [s[metric]["best_of_n"]["mean"] for s in rows], "--", color=colour, alpha=0.6)
             for kind, marker in (("mean_of_samples", "o"), ("best_of_n", "^")):
@@ -152,12 +169,13 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         ax.set_ylabel(metric.upper())
     # below both panels: inside one it covers the points where the solvers meet the reference
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    columns = min(len(labels), 8)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     meta = results["metadata"]
     fig.suptitle(f"{meta['benchmark']}: {meta['num_videos']} videos, {meta['num_samples']} samples each\no solid: mean of "
                  "samples, ^ dashed: best of N; filled: within the reference's paired CI and diversity; black: "
                  "ddim_original, 10 steps", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend below
+    fig.tight_layout(rect=(0, 0.05 * -(-len(labels) // columns), 1, 1))  # room for the legend's rows below
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -174,6 +192,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULER_NAMES), choices=SCHEDULER_NAMES)
     parser.add_argument("--steps", nargs="+", type=int, default=[2, 3, 4, 5, 6, 8, 10])
+    parser.add_argument("--etas", nargs="+", type=float, default=None,
+                        help="DDIM's eta for the schedulers whose step takes one (ddim_original, ddim), one setting "
+                             "each; default: the protocol's (1.0). Others run once, without eta")
     parser.add_argument("--output", required=True, help="results JSON, rewritten after every setting")
     parser.add_argument("--work_dir", default=None, help="the evaluation runs (default: OUTPUT without .json + _runs)")
     parser.add_argument("--plot", default=None, help="a PNG of quality against denoiser calls")
@@ -185,6 +206,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.steps):
         parser.error(f"--steps must all be >= 1, got {args.steps}")
+    if args.etas and any(not eta >= 0 for eta in args.etas):
+        parser.error(f"--etas must all be >= 0 (0: deterministic DDIM, 1: the original's sampling), got {args.etas}")
     return args
 
 
@@ -193,11 +216,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output.with_name(output.stem + "_runs")
     results = json.loads(output.read_text()) if output.exists() else {"settings": {}}
-    settings = settings_to_run(args.schedulers, args.steps, args.dtype, args.autocast)
+    settings = settings_to_run(args.schedulers, args.steps, args.dtype, args.autocast, args.etas)
     reference_key = setting_key(*REFERENCE)
     reference_arrays = reference_metrics = None
     for setting in settings:
-        key = setting_key(setting["scheduler"], setting["steps"], setting["dtype"], setting["autocast"])
+        key = _key(setting)
         folder = work / key
         if key in results["settings"] and key != reference_key:
             print(f"{key}: done, skipped")

@@ -281,6 +281,22 @@ def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeyp
     monkeypatch.setattr(bench, "run_setting", lambda *a: pytest.fail("a finished setting was evaluated again"))
     assert bench.main(argv) == results
 
+    # DDIM's eta as a grid dimension: one setting per eta for the schedulers that take one, the others once; the
+    # recorded reference is reused, each run records its eta
+    monkeypatch.undo()
+    results = bench.main(argv[:argv.index("--schedulers")] + ["--schedulers", "ddim", "dpm", "--steps", "2", "--etas",
+                                                              "0", "0.5"] + argv[argv.index("--output"):])
+    assert set(results["settings"]) == {"ddim_original-10", "dpm-2", "ddim-2-eta0", "ddim-2-eta0.5"}
+    for eta in (0, 0.5):
+        row = results["settings"][f"ddim-2-eta{eta:g}"]
+        assert row["eta"] == eta and row["denoiser_calls_per_video"] == 4
+        recorded = json.loads((tmp_path / "results_runs" / f"ddim-2-eta{eta:g}" / "metrics.json").read_text())
+        assert recorded["metadata"]["protocol"]["eta"] == eta
+    deterministic, noisy = (results["settings"][f"ddim-2-eta{eta:g}"]["sample_diversity"]["mean"] for eta in (0, 0.5))
+    assert deterministic != noisy
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv + ["--etas", "-1"])
+
     # the same output with another seed (e.g. the protocol's, when --seed is left out) is refused: its settings
     # could not be paired with the recorded reference's samples
     with pytest.raises(evaluation.EvaluationError, match=r"holds an evaluation run with different settings; .*"
