@@ -38,7 +38,7 @@ from extdm_diffusers.evaluation import records
 from extdm_diffusers.evaluation.config import AUTOCAST_DTYPES, DTYPES, FRAME_METRICS
 from extdm_diffusers.evaluation.statistics import best_sample_curves, paired_difference
 from extdm_diffusers.file_io import atomic_path, atomic_write_text
-from extdm_diffusers.schedulers import SCHEDULER_NAMES, scheduler_takes_eta
+from extdm_diffusers.schedulers import SCHEDULER_NAMES, resolve_sampler, scheduler_takes_eta
 
 REFERENCE = ("ddim_original", 10)
 DIVERSITY_TOLERANCE = 0.10
@@ -206,8 +206,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.steps):
         parser.error(f"--steps must all be >= 1, got {args.steps}")
-    if args.etas and any(not eta >= 0 for eta in args.etas):
-        parser.error(f"--etas must all be >= 0 (0: deterministic DDIM, 1: the original's sampling), got {args.etas}")
+    for eta in args.etas or ():
+        try:  # the samplers' own rule for eta, checked before the reference's run
+            resolve_sampler("ddim", eta=eta)
+        except ValueError as error:
+            parser.error(f"--etas {eta:g}: {error}")
     return args
 
 

@@ -256,7 +256,7 @@ def _bench_module():
     return module
 
 
-def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeypatch):
+def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeypatch, capsys):
     bench = _bench_module()
     output = tmp_path / "results.json"
     argv = ["--pipeline", str(assets / "pipeline"), "--dataset_dir", str(assets / "data"), "--num_videos", "2",
@@ -296,6 +296,8 @@ def test_bench_samplers_pairs_two_settings_and_resumes(assets, tmp_path, monkeyp
     assert deterministic != noisy
     with pytest.raises(SystemExit):
         bench.parse_args(argv + ["--etas", "-1"])
+    assert "error: --etas -1: --eta must be >= 0 (0: deterministic DDIM, 1: the original's sampling), got -1.0" \
+        in capsys.readouterr().err
 
     # the same output with another seed (e.g. the protocol's, when --seed is left out) is refused: its settings
     # could not be paired with the recorded reference's samples
