@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from extdm_diffusers import ExtDMUNet3DModel
 from extdm_diffusers.conversion import CheckpointConversionError, unet_config_from_original, unet_from_original
@@ -85,6 +86,37 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
     # every down, middle and up block ran under checkpointing
     assert len(checkpointed) == 2 * len(model.down_blocks) + 1
+
+
+class _RecordedOps(TorchDispatchMode):
+    """The (op, output shape) of every aten op dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.ops.append((func.__name__, tuple(out.shape)))
+        return out
+
+
+@pytest.mark.parametrize("case", ["unet_wo_ref", "unet_traj_ada_u22"])
+def test_backward_makes_no_zero_filled_copies_of_activations(case):
+    """Indexing or slicing an activation (q/k/v out of the attention's projection, chunks of windows, the observed
+    and future frames) makes autograd build each piece's gradient as a zero-filled tensor of the whole activation;
+    split/unbind make one cat/stack. Only parameters (conv_in's channel groups) may still be sliced."""
+    _, t, _, model = build(case)
+    model.train().set_attention_chunking(40)  # several chunks per attention layer
+    loss = call(model, t).sample.square().mean()
+    with _RecordedOps() as recorded:
+        loss.backward()
+    parameter_shapes = {tuple(p.shape) for p in model.parameters()}
+    zero_filled = {(op, shape) for op, shape in recorded.ops
+                   if op.startswith(("select_backward", "slice_backward")) and shape not in parameter_shapes}
+    assert zero_filled == set()
+    assert any(op.startswith("stack") for op, _ in recorded.ops)  # q and k's gradients, stacked back
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ class DistributionExtrapolator(nn.Module):
             normalised = centered / std
             extrapolated = (normalised + conv(normalised)) * std + mean
             x = torch.cat([x, extrapolated], dim=2)
-        return x[:, :, num_observed:]
+        return x.split([num_observed, x.shape[2] - num_observed], dim=2)[1]
 
 
 class DistributionAdaptor(nn.Module):
@@ -83,7 +83,8 @@ class DistributionAdaptor(nn.Module):
         self.fuser = FrameConv3d(channels * 2, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        observed, future = x[:, :, : self.num_observed], x[:, :, self.num_observed :]
+        # split, not sliced: the gradient is one cat, not a zero-filled copy of x per slice
+        observed, future = x.split([self.num_observed, x.shape[2] - self.num_observed], dim=2)
         extrapolated = self.extrapolator(observed)
         modulated = self.temporal_modulator(rearrange(extrapolated, "b c t h w -> b (t c) h w"))
         modulated = rearrange(modulated, "b (t c) h w -> b c t h w", t=self.num_future)

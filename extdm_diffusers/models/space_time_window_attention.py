@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed, tensor_cache
+from .unet_blocks import (ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, heads_from_projection, in_chunks,
+                          tensor_cache)
 
 Size3 = Tuple[int, int, int]
 
@@ -133,22 +134,19 @@ class SpaceTimeWindowAttention(nn.Module):
 
     def _attend(self, windows: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Attention inside (B * nW, N, C) windows, in chunks of windows (see ``attention_chunk_size``). q, k and
-        v stay strided views of the projection (SDPA takes them so); rotary rotates q and k together in one pass.
+        v stay strided views of the projection (``heads_from_projection``; SDPA takes them so).
         ``bias`` (1, heads, N, N) and the shift ``mask`` (B * nW, 1, N, N) are summed per chunk, in cache."""
         bw, n, _ = windows.shape
 
-        def attend(start: int, stop: int) -> torch.Tensor:
-            qkv = self.to_qkv(windows[start:stop]).view(stop - start, n, 3, self.heads, self.head_dim)
-            v = qkv[:, :, 2].transpose(1, 2)
-            qk = qkv[:, :, :2]
-            if self.rotary_emb is not None:
-                qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
-            q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-            chunk_bias = bias if mask is None else bias + mask[start:stop]  # the shift mask is per window
+        def attend(chunk: torch.Tensor, start: int) -> torch.Tensor:
+            rows = chunk.shape[0]
+            qkv = self.to_qkv(chunk).view(rows, n, 3, self.heads, self.head_dim)
+            q, k, v = heads_from_projection(qkv, self.rotary_emb)
+            chunk_bias = bias if mask is None else bias + mask[start:start + rows]  # the shift mask is per window
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk_bias.to(q.dtype), scale=self.head_dim**-0.5)
-            return self.to_out(out.transpose(1, 2).reshape(stop - start, n, -1))
+            return self.to_out(out.transpose(1, 2).reshape(rows, n, -1))
 
-        return in_chunks(attend, bw, attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens))
+        return in_chunks(attend, windows, attention_chunk_size(bw, n, self.heads * self.head_dim, windows, self.chunk_tokens))
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``mask``: ``attention_mask`` for this input, built once per window; ``None`` builds it here."""

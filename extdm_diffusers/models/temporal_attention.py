@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, in_chunks, inplace_allowed
+from .unet_blocks import ChannelLayerNorm, RotaryEmbedding, attention_chunk_size, heads_from_projection, in_chunks
 
 
 class RelativePositionBias(nn.Module):
@@ -65,11 +65,7 @@ class TemporalAttention(nn.Module):
         """(S, T, C) channel-normalised sequences -> attention output plus ``y`` (the inner residual)."""
         s, t, _ = y.shape
         qkv = self.to_qkv(self.layer_norm(y)).view(s, t, 3, self.heads, self.head_dim)
-        v = qkv[:, :, 2].transpose(1, 2)
-        qk = qkv[:, :, :2]
-        if self.rotary_emb is not None:
-            qk = self.rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
-        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        q, k, v = heads_from_projection(qkv, self.rotary_emb)
         bias = None if position_bias is None else position_bias.unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
         return self.to_out(out.transpose(1, 2).reshape(s, t, -1)) + y
@@ -79,5 +75,5 @@ class TemporalAttention(nn.Module):
         # one copy into (sequence, time, channel) order; q, k and v stay strided views of the projection
         y = self.channel_norm(rearrange(x, "b c t h w -> (b h w) t c"), channels_last=True)
         step = attention_chunk_size(b * h * w, t, self.heads * self.head_dim, y, self.chunk_tokens)
-        out = in_chunks(lambda start, stop: self._attend(y[start:stop], position_bias), b * h * w, step)
+        out = in_chunks(lambda chunk, _: self._attend(chunk, position_bias), y, step)
         return x + rearrange(out, "(b h w) t c -> b c t h w", b=b, h=h, w=w)

@@ -418,8 +418,10 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             features = torch.cat([track.contiguous(memory_format=CHANNELS_LAST), features], dim=1)
         motion_width = self.config.motion_embedding_channels or MOTION_CHANNELS
         term = self.conv_in(features.contiguous(memory_format=CHANNELS_LAST), input_channels=slice(motion_width, None))
-        observed = self.conv_in(observed_motion, input_channels=slice(0, motion_width), add_bias=False) + term[:, :, :m]
-        return torch.cat([observed, term[:, :, m:]], dim=2).contiguous(memory_format=CHANNELS_LAST), position_bias
+        # frames split, not sliced (here and in forward): the gradient is one cat, not a zero-filled copy per slice
+        observed_term, future_term = term.split([m, term.shape[2] - m], dim=2)
+        observed = self.conv_in(observed_motion, input_channels=slice(0, motion_width), add_bias=False) + observed_term
+        return torch.cat([observed, future_term], dim=2).contiguous(memory_format=CHANNELS_LAST), position_bias
 
     def _block_sizes(self, motion_size) -> List[Tuple[int, int, int]]:
         """(frames, h, w) at which each block runs: the down blocks, the middle block, the up blocks."""
@@ -528,7 +530,8 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             x = torch.cat([conv_in_term, future], dim=2).contiguous(memory_format=CHANNELS_LAST)
         else:
             future = self.conv_in(future_motion, input_channels=slice(0, future_motion.shape[1]), add_bias=False)
-            x = torch.cat([conv_in_term[:, :, :num_observed], future + conv_in_term[:, :, num_observed:]], dim=2)
+            observed_term, future_term = conv_in_term.split([num_observed, future.shape[2]], dim=2)
+            x = torch.cat([observed_term, future + future_term], dim=2)
             x = x.contiguous(memory_format=CHANNELS_LAST)
         initial = x
         x = self.temporal_attention_in(x, position_bias)
@@ -546,5 +549,6 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
             x = upsample(x)
 
         x = torch.cat([x, initial], dim=1)
-        out = torch.cat([self.flow_out(x), self.occlusion_out(x)], dim=1)[:, :, num_observed:].contiguous()
+        out = torch.cat([self.flow_out(x), self.occlusion_out(x)], dim=1).split([num_observed, sample.shape[2]], dim=2)[1]
+        out = out.contiguous()
         return ExtDMUNet3DOutput(sample=out) if return_dict else (out,)

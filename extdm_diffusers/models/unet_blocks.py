@@ -80,11 +80,13 @@ def attention_chunk_size(
     return max(1, min(num_sequences, int(max_tokens) // sequence_length))
 
 
-def in_chunks(compute: Callable[[int, int], torch.Tensor], total: int, step: int) -> torch.Tensor:
-    """``compute(start, stop)`` over ``[0, total)`` in steps of ``step``, concatenated along the first axis."""
-    if step >= total:
-        return compute(0, total)
-    return torch.cat([compute(start, min(start + step, total)) for start in range(0, total, step)])
+def in_chunks(compute: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, step: int) -> torch.Tensor:
+    """``compute(chunk, start)`` over ``x`` split along its first axis into chunks of ``step`` rows (``start``: the
+    chunk's first row), concatenated back. Split rather than sliced: the gradient of the chunks is one cat, where
+    each slice's gradient would be a zero-filled tensor of the whole ``x``."""
+    if step >= x.shape[0]:
+        return compute(x, 0)
+    return torch.cat([compute(chunk, i * step) for i, chunk in enumerate(x.split(step))])
 
 
 def check_chunk_tokens(max_tokens: Union[int, str, None]) -> None:
@@ -146,6 +148,20 @@ class RotaryEmbedding(nn.Module):
                 head.copy_(out)
                 return x
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+
+def heads_from_projection(
+    qkv: torch.Tensor, rotary_emb: Optional[RotaryEmbedding]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as (B, heads, N, head_dim) strided views of a (B, N, 3, heads, head_dim) projection, q and k
+    rotated together in one pass (in place where ``inplace_allowed``). Split and unbind rather than indexing:
+    their gradients are one cat or stack, where each index's gradient is a zero-filled tensor of the whole
+    projection."""
+    qk, v = qkv.split([2, 1], dim=2)
+    if rotary_emb is not None:
+        qk = rotary_emb.rotate(qk, seq_dim=-4, inplace=inplace_allowed())
+    q, k = qk.unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2)
 
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
