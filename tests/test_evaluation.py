@@ -75,10 +75,15 @@ def test_evaluation_clips_follow_the_original_rule():
     assert sample_seed(1000, 3, 7, 100) == 1307
 
 
-def test_a_pipeline_whose_autoencoder_has_no_occlusion_maps_is_evaluated_as_plain_warps(tmp_path):
+def test_a_pipeline_whose_autoencoder_has_no_occlusion_maps_is_evaluated_as_plain_warps(tmp_path, monkeypatch):
     """SMMNIST's protocol decodes with occlusion maps; an autoencoder without them is evaluated without, as train_dm
     and extdm-predict do, unless --use_occlusion asks otherwise (then the pipeline names the mismatch)."""
+    import huggingface_hub.constants
+
     from extdm_diffusers import FlowAutoencoder
+
+    # a Hub name is not looked up (no network in tests; asking the Hub would only retry for 20 s)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
     small = {"block_expansion": 8, "max_features": 16, "num_blocks": 2}
     for estimates in (False, True):

@@ -185,3 +185,61 @@ def test_compose_motion_chains_two_warps():
     assert no_occlusion[1] is None and torch.equal(no_occlusion[0], flow)
     with pytest.raises(ValueError, match=r"`outer_flow` must have shape \(B, 2, h, w\) and `inner_flow` \(B, T, 2, h, w\)"):
         compose_motion(outer, None, inner[:, 0], None)
+
+
+def _region_fields(params):
+    return {k: v for k, v in params.items() if v is not None}
+
+
+@pytest.mark.parametrize("sync_like_norms", [False, True])
+def test_regions_of_several_batches_in_one_pass_are_those_of_separate_calls(reference, sync_like_norms):
+    """Train mode: each batch normalised by its own statistics, the running ones updated batch after batch, the
+    gradients the same. Norms that cannot split a batch (a plain nn.BatchNorm2d here, as SyncBatchNorm) fall back
+    to separate calls."""
+    import copy
+
+    from extdm_diffusers.models.autoencoder_blocks import normalises_per_call
+
+    _, t, _, model = reference
+    batched, separate = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    if sync_like_norms:
+        block = batched.region_predictor.predictor.encoder.down_blocks[0]
+        plain = torch.nn.BatchNorm2d(block.norm.num_features)
+        plain.load_state_dict(block.norm.state_dict())
+        block.norm = plain
+        assert not normalises_per_call(batched.region_predictor)
+    images = (t["inputs.source"], t["inputs.driving"], t["inputs.driving"].flip(-1))
+    calls = []
+    batched.region_predictor.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    ours = batched.predict_regions(*images)
+    theirs = [separate.region_predictor(image) for image in images]
+    assert calls == ([2, 2, 2] if sync_like_norms else [6])
+    for one, other in zip(ours, theirs):
+        for key, value in _region_fields(other).items():
+            # the same sums on this CPU (bit for bit, AVX-512 EPYC); the bound leaves room for kernels whose
+            # blocking depends on the batch, far below what joint statistics would change (tenths)
+            torch.testing.assert_close(one[key], value, rtol=1e-5, atol=1e-6)
+    for (name, buffer), other in zip(batched.region_predictor.named_buffers(), separate.region_predictor.buffers()):
+        torch.testing.assert_close(buffer, other, rtol=1e-5, atol=1e-6, msg=name)
+    sum(p.shift.sum() + p.affine.square().sum() for p in ours).backward()
+    sum(p.shift.sum() + p.affine.square().sum() for p in theirs).backward()
+    # weight gradients sum over 6 images at once instead of 3 x 2: 3e-6 of the largest gradient measured (the conv
+    # biases before a norm get zero in exact arithmetic, so only rounding); joint statistics would change them by O(1)
+    scale = max(q.grad.abs().max() for q in separate.region_predictor.parameters())
+    for (name, p), q in zip(batched.region_predictor.named_parameters(), separate.region_predictor.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=2e-5 * float(scale), msg=name)
+
+
+def test_forward_takes_region_params_predicted_beforehand(reference):
+    _, t, _, model = reference
+    source, driving = t["inputs.source"], t["inputs.driving"]
+    with torch.no_grad():
+        regions = model.predict_regions(source, driving)
+        given, predicted = model(source, driving, region_params=regions), model(source, driving)
+    torch.testing.assert_close(given.prediction, predicted.prediction, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="region_params"):
+        model(source, driving, region_params=regions[:1])
+    with pytest.raises(ValueError, match=r"shape of `images\[0\]`, `images\[1\]`"):
+        model.predict_regions(source, driving[:1])
+    with pytest.raises(ValueError, match="images"):
+        model.predict_regions()

@@ -35,12 +35,13 @@ def test_rollout_chains_windows_like_the_original(reference_pipeline_factory):
     _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")  # 2 observed -> 5 predicted
     video = conditioning_video(t)
     noise = torch.randn(1, 3, 15, 16, 16, generator=torch.Generator().manual_seed(3))
-    rollout = pipe(video, num_frames=14, eta=0.0, latents=noise, output_type="pt").frames
+    steps = dict(eta=0.0, num_inference_steps=3, output_type="pt")  # how windows chain does not depend on the steps
+    rollout = pipe(video, num_frames=14, latents=noise, **steps).frames
     assert rollout.shape == (1, 14, 3, 32, 32)
     # window by window, by hand: each conditioned on the last 2 frames decoded so far
-    first = pipe(video, eta=0.0, latents=noise[:, :, :5], output_type="pt").frames
-    second = pipe(first[:, -2:], eta=0.0, latents=noise[:, :, 5:10], output_type="pt").frames
-    third = pipe(second[:, -2:], eta=0.0, latents=noise[:, :, 10:], output_type="pt").frames
+    first = pipe(video, latents=noise[:, :, :5], **steps).frames
+    second = pipe(first[:, -2:], latents=noise[:, :, 5:10], **steps).frames
+    third = pipe(second[:, -2:], latents=noise[:, :, 10:], **steps).frames
     # window 1 agrees exactly; windows 2 and 3 differ by rounding that depends on the CPU: up to 7.5e-5 measured on an
     # AVX-512 AMD EPYC (4 noise seeds; their conditions encode identically), where the AVX2 EPYC and the AMX Xeon
     # stayed within 1e-5 + 1e-4 x the value; a wrong condition frame differs by tenths
@@ -73,7 +74,7 @@ def test_observed_rollout_warps_the_observed_frame_by_the_composed_motion(refere
     _, t, pipe = reference_pipeline_factory("pipeline_traj_ada")  # 2 observed -> 5 predicted
     video = conditioning_video(t)
     noise = torch.randn(1, 3, 10, 16, 16, generator=torch.Generator().manual_seed(3))
-    kwargs = dict(num_frames=10, eta=0.0, latents=noise, output_type="pt", return_motion=True)
+    kwargs = dict(num_frames=10, eta=0.0, num_inference_steps=3, latents=noise, output_type="pt", return_motion=True)
     original = pipe(video, **kwargs)
     observed = pipe(video, rollout_reference="observed", **kwargs)
     torch.testing.assert_close(observed.motion, original.motion, rtol=0, atol=0)

@@ -199,7 +199,10 @@ def test_pixel_loss_without_vgg_trains_the_autoencoder(reference):
     model = autoencoder(meta).train()
     criterion = FlowAutoencoderLoss(scales=(1, 0.5, 0.25), perceptual_loss="none")
     assert criterion.vgg is None
+    batches = []
+    model.region_predictor.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     losses = criterion(model, t["inputs.source"], t["inputs.driving"], generator=torch.Generator().manual_seed(0))
+    assert batches == [3 * 2]  # source, driving and the transformed driving frame in one pass
     assert set(losses) == {"pixel", "equivariance_shift", "equivariance_affine", "loss"}
     assert torch.isfinite(losses["loss"]) and losses["pixel"] > 0
     losses["loss"].backward()

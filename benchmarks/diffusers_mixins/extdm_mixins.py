@@ -107,9 +107,13 @@ class FlowAutoencoderConfig(BaseModelTesterConfig):
     def get_init_dict(self):
         return dict(load_case("ae_affine_32")[0]["config"])
 
-    def get_dummy_inputs(self):
+    def get_dummy_inputs(self, height: int = 32, width: int = 32):
         g = torch.Generator().manual_seed(0)
-        return dict(source=torch.rand(2, 3, 32, 32, generator=g), driving=torch.rand(2, 3, 32, 32, generator=g))
+        return dict(source=torch.rand(2, 3, height, width, generator=g), driving=torch.rand(2, 3, height, width, generator=g))
+
+    @property
+    def different_shapes_for_compilation(self):
+        return [(32, 32), (64, 64)]
 
 
 class TestFlowAutoencoder(FlowAutoencoderConfig, *MIXINS):

@@ -7,7 +7,8 @@ checkpoints map onto them one to one.
 
 from __future__ import annotations
 
-from typing import List
+import contextlib
+from typing import Iterator, List
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,45 @@ def from_homogeneous(coordinates: torch.Tensor) -> torch.Tensor:
     return coordinates[..., :2] / coordinates[..., 2:3]
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (the same parameters, buffers and state-dict keys) that, inside ``batch_norm_per_call``,
+    normalises each of the equal parts of its batch by that part's own statistics and updates the running ones
+    part after part: what that many separate calls would compute, bit for bit, while the layers between the norms
+    see one batch (the region predictor's three training calls read each weight once instead of three times)."""
+
+    parts = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parts == 1 or not self.training:
+            return super().forward(x)
+        if x.shape[0] % self.parts:
+            raise ValueError(f"a batch of {x.shape[0]} cannot be {self.parts} equal calls' batches")
+        return torch.cat([super(BatchNorm2d, self).forward(part) for part in x.chunk(self.parts)])
+
+
+def normalises_per_call(module: nn.Module) -> bool:
+    """Whether every batch norm in ``module`` is a ``BatchNorm2d``, which ``batch_norm_per_call`` can split (an
+    ``nn.SyncBatchNorm`` from ``convert_sync_batchnorm`` would normalise the parts together)."""
+    return all(type(m) is BatchNorm2d for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@contextlib.contextmanager
+def batch_norm_per_call(module: nn.Module, parts: int) -> Iterator[None]:
+    """Within the block, ``module``'s batch norms treat a batch as ``parts`` calls' batches stacked along the batch
+    (see ``BatchNorm2d``); ``module`` must pass ``normalises_per_call``."""
+    if not normalises_per_call(module):
+        raise ValueError("`module` holds batch norms other than autoencoder_blocks.BatchNorm2d; they cannot "
+                         "normalise each call's part of a batch by itself")
+    norms = [m for m in module.modules() if isinstance(m, BatchNorm2d)]
+    for norm in norms:
+        norm.parts = parts
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.parts = 1
+
+
 class ResBlock2d(nn.Module):
     """Pre-activation residual block that keeps the resolution."""
 
@@ -57,8 +97,8 @@ class ResBlock2d(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=padding)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=padding)
-        self.norm1 = nn.BatchNorm2d(channels, affine=True)
-        self.norm2 = nn.BatchNorm2d(channels, affine=True)
+        self.norm1 = BatchNorm2d(channels, affine=True)
+        self.norm2 = BatchNorm2d(channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(F.relu(self.norm1(x)))
@@ -72,7 +112,7 @@ class SameBlock2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, padding=1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
-        self.norm = nn.BatchNorm2d(out_channels, affine=True)
+        self.norm = BatchNorm2d(out_channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.conv(x)))

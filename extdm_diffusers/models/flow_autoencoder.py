@@ -11,7 +11,7 @@ import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
 
 from ..config_utils import deep_merge
+from .autoencoder_blocks import batch_norm_per_call, normalises_per_call
 from .background_motion_predictor import BackgroundMotionPredictor
 from .frame_generator import FrameGenerator
 from .offload_hooks import apply_offload_hooks
@@ -264,16 +265,46 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
             return self._gradient_checkpointing_func(run, *args)
         return network(*args)
 
+    def _regions_of_parts(self, images: torch.Tensor, parts: int) -> RegionParams:
+        with batch_norm_per_call(self.region_predictor, parts):
+            return self.region_predictor(images)
+
+    def _predict_regions(self, images) -> Tuple[RegionParams, ...]:
+        for i, image in enumerate(images):
+            self._check_image(f"images[{i}]", image, 4)
+        self._check_same("shape", **{f"images[{i}]": tuple(image.shape) for i, image in enumerate(images)})
+        if len(images) == 1 or (self.training and not normalises_per_call(self.region_predictor)):
+            # (in train mode only separate calls keep each batch's statistics where the norms cannot split)
+            return tuple(self._run(self.region_predictor, image) for image in images)
+        return self._run(self._regions_of_parts, torch.cat(images), len(images)).chunk(len(images))
+
     # -- public API ----------------------------------------------------------------------------------------
-    def forward(self, source: torch.Tensor, driving: torch.Tensor, return_dict: bool = True):
-        """Reconstruct ``driving`` (B, C, H, W) as a warp of ``source`` (B, C, H, W), images in [0, 1]."""
+    @apply_offload_hooks
+    def predict_regions(self, *images: torch.Tensor) -> Tuple[RegionParams, ...]:
+        """The region parameters of each of ``images`` (each (B, C, H, W), all the same shape), from one pass of
+        the region predictor over all of them. In train mode each image batch is normalised by its own batch
+        statistics and the running statistics are updated image after image, as separate calls would (bit for
+        bit); the training loss predicts the source's, the driving frame's and its transformed copy's so."""
+        if not images:
+            raise ValueError("`images`: give at least one (B, C, H, W) batch")
+        return self._predict_regions(images)
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor, return_dict: bool = True,
+                region_params: Optional[Tuple[RegionParams, RegionParams]] = None):
+        """Reconstruct ``driving`` (B, C, H, W) as a warp of ``source`` (B, C, H, W), images in [0, 1].
+        ``region_params``: the source's and the driving frame's ``RegionParams`` where already predicted (by
+        ``predict_regions`` together with other images); by default predicted here, in one pass."""
         self._check_image("source", source, 4)
         self._check_image("driving", driving, 4)
         self._check_same("batch size", source=source.shape[0], driving=driving.shape[0])
         self._check_same("frame size", source=tuple(source.shape[-2:]), driving=tuple(driving.shape[-2:]))
 
-        source_regions = self._run(self.region_predictor, source)
-        driving_regions = self._run(self.region_predictor, driving)
+        if region_params is None:
+            source_regions, driving_regions = self._predict_regions((source, driving))
+        elif len(region_params) != 2 or not all(isinstance(r, RegionParams) for r in region_params):
+            raise TypeError("`region_params` must be (source's, driving's) RegionParams, as `predict_regions(source, driving)` gives")
+        else:
+            source_regions, driving_regions = region_params
         background = self._run(self.bg_predictor, source, driving)
         motion = self._run(self.pixelwise_flow_predictor, source, driving_regions, source_regions, background)
         flow_grid, occlusion = motion.optical_flow, motion.occlusion_map

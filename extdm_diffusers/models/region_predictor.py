@@ -7,7 +7,7 @@ convolution head (FOMM-style jacobians).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,11 @@ class RegionParams(BaseOutput):
         return RegionParams(
             **{k: v.repeat_interleave(repeats, dim=0) for k, v in self.items() if v is not None}
         )
+
+    def chunk(self, chunks: int) -> Tuple["RegionParams", ...]:
+        """The parameters of ``chunks`` equal batches stacked along the batch (one pass over several images)."""
+        parts = {k: v.chunk(chunks) for k, v in self.items() if v is not None}
+        return tuple(RegionParams(**{k: v[i] for k, v in parts.items()}) for i in range(chunks))
 
     def frame(self, index: int, num_frames: int) -> "RegionParams":
         """Of parameters batched over (B·num_frames) frames video by video, those of frame ``index`` of each video."""

@@ -350,18 +350,24 @@ class FlowAutoencoderLoss(nn.Module):
         """
         if transform is not None and transform.theta.shape[0] != driving.shape[0]:
             raise ValueError(f"`transform` is for batch size {transform.theta.shape[0]}, `driving` has {driving.shape[0]}")
-        output = autoencoder(source, driving)
+        equivariance = bool(self.equivariance_shift_weight or self.equivariance_affine_weight)
+        if equivariance:
+            if transform is None:
+                transform = self.sample_transform(driving.shape[0], generator, driving.device, driving.dtype)
+            # the three region predictions of the original's step (source, driving, transformed driving) in one
+            # pass, each batch still normalised by its own statistics
+            *regions, transformed_regions = autoencoder.predict_regions(source, driving, transform.warp_image(driving))
+            output = autoencoder(source, driving, region_params=tuple(regions))
+        else:
+            output = autoencoder(source, driving)
         losses: Dict[str, torch.Tensor] = {}
         if self.perceptual_loss == "none":
             losses["pixel"] = self.reconstruction_loss(output.prediction, driving)
         elif self.vgg is not None:
             losses["perceptual"] = self.reconstruction_loss(output.prediction, driving)
 
-        if self.equivariance_shift_weight or self.equivariance_affine_weight:
-            if transform is None:
-                transform = self.sample_transform(driving.shape[0], generator, driving.device, driving.dtype)
+        if equivariance:
             driving_regions = output.driving_region_params
-            transformed_regions = autoencoder.region_predictor(transform.warp_image(driving))
             if self.equivariance_shift_weight:
                 mapped_back = transform.warp_coordinates(transformed_regions.shift)
                 losses["equivariance_shift"] = self.equivariance_shift_weight * (driving_regions.shift - mapped_back).abs().mean()

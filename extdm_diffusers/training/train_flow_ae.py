@@ -47,8 +47,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 class AutoencoderWithLoss(nn.Module):
-    """The autoencoder and its loss as one module, so that DDP sees the whole forward (the loss calls the
-    region predictor a second time). The loss (frozen VGG) is kept out of the state dict and checkpoints."""
+    """The autoencoder and its loss as one module, so that DDP sees the whole forward (the loss predicts the
+    regions outside the autoencoder's forward). The loss (frozen VGG) is kept out of the state dict and checkpoints."""
 
     def __init__(self, autoencoder: nn.Module, loss: nn.Module):
         super().__init__()
