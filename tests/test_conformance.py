@@ -157,12 +157,36 @@ def test_device_map_auto_loads_both_models(tmp_path, autoencoder):
 # ------------------------------------------------------------------------------------------ compile, export
 @pytest.mark.parametrize("layout", ["traj_ada", "traj_u12"])
 def test_torch_compile_fullgraph(layout):
+    """One graph, whose batch dimension stays symbolic: it serves a batch of 3 too (the input check once hashed
+    the batch sizes, which fixed them to the first call's; with the dimension marked dynamic, that is an error)."""
     torch._dynamo.reset()
     model = tiny_unet(layout, channel_mults=(1,))  # one level: every block kind, a shorter trace
     inputs = unet_inputs(model)
+    for tensor in inputs.values():
+        torch._dynamo.mark_dynamic(tensor, 0)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
-    with torch.no_grad():
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
         torch.testing.assert_close(compiled(**inputs).sample, reference_output(layout, (1,)), rtol=0, atol=1e-5)
+        three = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
+        torch.testing.assert_close(compiled(**three).sample, model(**three).sample, rtol=0, atol=1e-5)
+
+
+def test_flow_autoencoder_compiles_once_for_every_frame_size(autoencoder, monkeypatch):
+    """diffusers' test_compile_on_different_shapes: with dynamic shapes one graph serves 32 and 64 px (the input
+    checks once hashed the sizes, which fixed them to the first call's)."""
+    t, model = autoencoder
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch.fx.experimental._config, "use_duck_shape", False)  # as the mixin: no shared sizes
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
+    # clones: the fixture's tensors are views of one buffer, and dynamo guards on a view's base, which the 64 px
+    # frames (not views) lack
+    small = tuple(t[f"inputs.{n}"].clone() for n in ("source", "driving"))
+    sizes = (small, tuple(torch.nn.functional.interpolate(x, scale_factor=2.0) for x in small))
+    with torch.no_grad():
+        expected = [model(source, driving).prediction for source, driving in sizes]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for (source, driving), prediction in zip(sizes, expected):
+                torch.testing.assert_close(compiled(source, driving).prediction, prediction, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["traj_u12"])

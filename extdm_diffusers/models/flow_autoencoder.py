@@ -246,8 +246,10 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _check_same(what: str, **values) -> None:
-        """Raise naming the arguments unless all ``values`` (one per argument) are equal."""
-        if len(set(values.values())) > 1:
+        """Raise naming the arguments unless all ``values`` (one per argument) are equal. Compared, not hashed: a
+        set would fix torch.compile's symbolic sizes to the first call's (a recompilation for every frame size)."""
+        first, *others = values.values()
+        if any(other != first for other in others):
             raise ValueError(f"{what} of {', '.join(f'`{n}`' for n in values)} must match, got {values}")
 
     def _run(self, network, *args):

@@ -361,7 +361,7 @@ class ExtDMUNet3DModel(ModelMixin, ConfigMixin):
                 got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise ValueError(f"`{name}` must have shape {layout} = (B, {channels}, {frames}, ...), got {got}")
         batch = {"sample": sample.shape[0], "cond_motion": cond_motion.shape[0], "cond_features": cond_features.shape[0]}
-        if len(set(batch.values())) > 1:
+        if any(size != batch["sample"] for size in batch.values()):  # compared, not hashed (torch.compile's sizes)
             raise ValueError(f"batch sizes of `sample`, `cond_motion` and `cond_features` must match, got {batch}")
         if sample.shape[-2:] != cond_motion.shape[-2:]:
             raise ValueError(f"`sample` and `cond_motion` must share (h, w), got {tuple(sample.shape[-2:])} and {tuple(cond_motion.shape[-2:])}")
