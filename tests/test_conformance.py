@@ -171,12 +171,11 @@ def test_torch_compile_fullgraph(layout):
         torch.testing.assert_close(compiled(**three).sample, model(**three).sample, rtol=0, atol=1e-5)
 
 
-def test_flow_autoencoder_compiles_once_for_every_frame_size(autoencoder, monkeypatch):
+def test_flow_autoencoder_compiles_once_for_every_frame_size(autoencoder):
     """diffusers' test_compile_on_different_shapes: with dynamic shapes one graph serves 32 and 64 px (the input
     checks once hashed the sizes, which fixed them to the first call's)."""
     t, model = autoencoder
     torch._dynamo.reset()
-    monkeypatch.setattr(torch.fx.experimental._config, "use_duck_shape", False)  # as the mixin: no shared sizes
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
     # clones: the fixture's tensors are views of one buffer, and dynamo guards on a view's base, which the 64 px
     # frames (not views) lack
@@ -184,7 +183,8 @@ def test_flow_autoencoder_compiles_once_for_every_frame_size(autoencoder, monkey
     sizes = (small, tuple(torch.nn.functional.interpolate(x, scale_factor=2.0) for x in small))
     with torch.no_grad():
         expected = [model(source, driving).prediction for source, driving in sizes]
-        with torch._dynamo.config.patch(error_on_recompile=True):
+        # as the mixin: no sizes shared between inputs (torch's config patch: it restores what it changed)
+        with torch._dynamo.config.patch(error_on_recompile=True), torch.fx.experimental._config.patch(use_duck_shape=False):
             for (source, driving), prediction in zip(sizes, expected):
                 torch.testing.assert_close(compiled(source, driving).prediction, prediction, rtol=0, atol=1e-5)
 
