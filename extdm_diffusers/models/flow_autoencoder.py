@@ -272,9 +272,6 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
             return self.region_predictor(images)
 
     def _predict_regions(self, images) -> Tuple[RegionParams, ...]:
-        for i, image in enumerate(images):
-            self._check_image(f"images[{i}]", image, 4)
-        self._check_same("shape", **{f"images[{i}]": tuple(image.shape) for i, image in enumerate(images)})
         if len(images) == 1 or (self.training and not normalises_per_call(self.region_predictor)):
             # (in train mode only separate calls keep each batch's statistics where the norms cannot split)
             return tuple(self._run(self.region_predictor, image) for image in images)
@@ -289,6 +286,9 @@ class FlowAutoencoder(ModelMixin, ConfigMixin):
         bit); the training loss predicts the source's, the driving frame's and its transformed copy's so."""
         if not images:
             raise ValueError("`images`: give at least one (B, C, H, W) batch")
+        for i, image in enumerate(images):
+            self._check_image(f"images[{i}]", image, 4)
+        self._check_same("shape", **{f"images[{i}]": tuple(image.shape) for i, image in enumerate(images)})
         return self._predict_regions(images)
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor, return_dict: bool = True,
